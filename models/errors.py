@@ -1,0 +1,22 @@
+"""The one exception family of tomeray.
+
+Every error a user can cause (bad config, bad input, missing weights) derives from
+``TomerayError`` so that entry points can print a one-line message instead of a traceback.
+Input and config errors are also ``ValueError`` so callers that expect the builtin still work.
+"""
+
+
+class TomerayError(Exception):
+    """Base class of every error tomeray raises on purpose."""
+
+
+class ConfigError(TomerayError, ValueError):
+    """A configuration key, value or type is wrong."""
+
+
+class InputError(TomerayError, ValueError):
+    """An input (tensor, file, path) does not fit what the code needs."""
+
+
+class WeightsError(TomerayError):
+    """Model weights could not be found, downloaded or loaded."""

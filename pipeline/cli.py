@@ -1,0 +1,51 @@
+"""The ``tomeray`` command. Each sub-command lives in its own pipeline module exposing
+``main(argv) -> int``; this file only dispatches, so ``tomeray --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+# name -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "index the opencv-doc sample videos, then search them (the quick start)"),
+    "index": ("pipeline.video_index", "embed a video corpus into a FAISS + Parquet index (resumable)"),
+    "search": ("pipeline.search", "search an index with a text query or a video"),
+    "reconstruct": ("pipeline.reconstruct", "reconstruct cameras and point clouds from image folders"),
+    "config": ("pipeline.show_config", "print a job's default configuration"),
+}
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    return {n: c for n, c in COMMANDS.items() if importlib.util.find_spec(c[0]) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = available_commands()
+    parser = argparse.ArgumentParser(
+        prog="tomeray",
+        description="Token-merged video retrieval and 3D reconstruction on Ray.",
+        epilog="Run 'tomeray COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("command", choices=sorted(commands), metavar="COMMAND",
+                        help="; ".join(f"{n}: {h}" for n, (_, h) in sorted(commands.items())))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    verbose = argv[0] in ("-v", "--verbose")
+    if verbose:
+        argv = argv[1:]
+    args = parser.parse_args(argv[:1] if argv else [])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(commands[args.command][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Shared test fixtures: paths of the reference fixtures and of the opencv-doc sample media."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OPENCV_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def opencv_data() -> Path:
+    """Debian's opencv-doc sample media; the README's install step provides it."""
+    if not (OPENCV_DATA / "vtest.avi").is_file():
+        raise RuntimeError(
+            f"sample media missing under {OPENCV_DATA}: run 'apt-get install -y opencv-doc' "
+            "(the README's install step does) or set TOMERAY_SAMPLE_DATA"
+        )
+    return OPENCV_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole test session (2 CPUs, like CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
