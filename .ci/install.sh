@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Installs everything tomeray needs on a fresh Debian/Ubuntu machine: the opencv-doc sample
-# media (apt), a virtual environment in .venv, and tomeray with its test extras.
+# Installs everything tomeray needs on a fresh Debian/Ubuntu machine: the opencv-doc sample media
+# and python3-venv (apt, only when missing), a virtual environment in .venv, and tomeray with its
+# test extras (pip). Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PYTHON="${PYTHON:-python3}"
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
-if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then
+
+apt_packages=()
+[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || apt_packages+=(opencv-doc)
+"$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "installing with apt-get: ${apt_packages[*]}"
   $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc python3-venv >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 
-PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+echo "tomeray installed in $(pwd)/.venv"
