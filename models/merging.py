@@ -6,8 +6,8 @@ spreads merged values back to every original position. TempMe (merging inside fr
 across clips) and FastVGGT (merge -> attend -> unmerge in global attention) both build on it.
 
 Conventions
-- Tokens are (B, N, C). The same partition applies to every batch item; the matching itself is
-  per item, so batch items never influence each other.
+- Tokens are (B, N, C) (or (B, ..., N, C) when merged). The same partition applies to every batch
+  item; the matching itself is per item, so batch items never influence each other.
 - Destinations: by default ToMe's alternate split (odd positions), or an explicit bool mask.
 - Protected tokens (CLS, camera, register) are neither merged away nor merged into; they come out
   bit-for-bit unchanged.
@@ -79,9 +79,10 @@ def bipartite_soft_matching(
     protected: bool mask (N,) / (B, N) or indices of tokens never merged away nor merged into.
     dst:       bool mask (N,) or indices of the destination set; default: odd positions (ToMe).
 
-    Returns ``merge(x, mode="sum"|"mean"|"amax")`` mapping (B, N, C') -> (B, N - r, C') and
-    ``unmerge(y)`` mapping (B, N - r, C') -> (B, N, C'), where every source token takes the value of the
-    destination it was merged into.
+    Returns ``merge(x, mode="sum"|"mean"|"amax")`` mapping (B, ..., N, C') -> (B, ..., N - r, C') and
+    ``unmerge(y)`` mapping (B, ..., N - r, C') -> (B, ..., N, C'), where every source token takes the
+    value of the destination it was merged into. Dims between batch and tokens (e.g. attention
+    heads) share the matching, so q, k and v can be merged in (B, heads, N, D) layout.
     """
     if metric.dim() != 3:
         raise InputError(f"metric must be (B, N, C); got shape {tuple(metric.shape)}")
@@ -121,11 +122,7 @@ def bipartite_soft_matching(
     with torch.no_grad():
         m = metric.float() if metric.dtype in (torch.float16, torch.bfloat16) else metric
         m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        scores = m[:, src_idx] @ m[:, dst_idx].transpose(1, 2)  # (B, n_src, n_dst)
-        if src_protected is not None:
-            scores = scores.masked_fill(src_protected[:, :, None], -math.inf)
-            scores = scores.masked_fill(dst_protected[:, None, :], -math.inf)
-        node_max, node_idx = scores.max(dim=-1)  # best destination of every source
+        node_max, node_idx = _best_destinations(m[:, src_idx], m[:, dst_idx], src_protected, dst_protected)
         order = node_max.argsort(dim=-1, descending=True)
         merged = order[:, :r]  # positions within the source set
         kept = order[:, r:].sort(dim=-1).values  # survivors in original order
@@ -133,31 +130,62 @@ def bipartite_soft_matching(
 
     n_kept = n_src - r
 
+    def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Per-item token index (B, k) broadcast over the dims between batch and tokens."""
+        view = idx.view(b, *([1] * (x.dim() - 3)), idx.shape[1], 1)
+        return view.expand(*x.shape[:-2], idx.shape[1], x.shape[-1])
+
     def merge(x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-        if x.shape[:2] != (b, n):
-            raise InputError(f"merge expects tokens (B={b}, N={n}, C); got shape {tuple(x.shape)}")
-        c = x.shape[-1]
-        src, dst_tokens = x[:, src_idx], x[:, dst_idx]
-        survivors = src.gather(1, kept[..., None].expand(b, n_kept, c))
-        moving = src.gather(1, merged[..., None].expand(b, r, c))
-        dst_tokens = dst_tokens.scatter_reduce(1, target[..., None].expand(b, r, c), moving, reduce=mode)
-        return torch.cat([survivors, dst_tokens], dim=1)
+        if x.dim() < 3 or x.shape[0] != b or x.shape[-2] != n:
+            raise InputError(f"merge expects tokens (B={b}, ..., N={n}, C); got shape {tuple(x.shape)}")
+        src, dst_tokens = x.index_select(-2, src_idx), x.index_select(-2, dst_idx)
+        survivors = src.gather(-2, take(x, kept))
+        moving = src.gather(-2, take(x, merged))
+        dst_tokens = dst_tokens.scatter_reduce(-2, take(x, target), moving, reduce=mode)
+        return torch.cat([survivors, dst_tokens], dim=-2)
 
     def unmerge(y: torch.Tensor) -> torch.Tensor:
-        if y.shape[:2] != (b, n - r):
-            raise InputError(f"unmerge expects tokens (B={b}, N={n - r}, C); got shape {tuple(y.shape)}")
-        c = y.shape[-1]
-        survivors, dst_tokens = y[:, :n_kept], y[:, n_kept:]
-        moved = dst_tokens.gather(1, target[..., None].expand(b, r, c))
-        src = y.new_empty(b, n_src, c)
-        src.scatter_(1, kept[..., None].expand(b, n_kept, c), survivors)
-        src.scatter_(1, merged[..., None].expand(b, r, c), moved)
-        out = y.new_empty(b, n, c)
-        out[:, src_idx] = src
-        out[:, dst_idx] = dst_tokens
+        if y.dim() < 3 or y.shape[0] != b or y.shape[-2] != n - r:
+            raise InputError(f"unmerge expects tokens (B={b}, ..., N={n - r}, C); got shape {tuple(y.shape)}")
+        survivors, dst_tokens = y[..., :n_kept, :], y[..., n_kept:, :]
+        moved = dst_tokens.gather(-2, take(y, target))
+        src = y.new_empty(*y.shape[:-2], n_src, y.shape[-1])
+        src.scatter_(-2, take(y, kept), survivors)
+        src.scatter_(-2, take(y, merged), moved)
+        out = y.new_empty(*y.shape[:-2], n, y.shape[-1])
+        out[..., src_idx, :] = src
+        out[..., dst_idx, :] = dst_tokens
         return out
 
     return merge, unmerge
+
+
+# Elements of one chunk of the (sources x destinations) score matrix: bounds the matching's memory
+# for long sequences (FastVGGT's global attention sees S views x P patches) without changing results.
+SCORE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _best_destinations(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    src_protected: torch.Tensor | None,
+    dst_protected: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per source token: the highest similarity to an unprotected destination, and which one.
+    Protected sources score -inf so they are merged last (never, after clamping r)."""
+    b, n_src, _ = src.shape
+    dst_t = dst.transpose(1, 2)
+    rows = max(1, SCORE_CHUNK_ELEMENTS // max(1, b * dst.shape[1]))
+    best = src.new_empty(b, n_src)
+    which = torch.empty(b, n_src, dtype=torch.long, device=src.device)
+    for start in range(0, n_src, rows):
+        scores = src[:, start : start + rows] @ dst_t
+        if dst_protected is not None:
+            scores = scores.masked_fill(dst_protected[:, None, :], -math.inf)
+        best[:, start : start + rows], which[:, start : start + rows] = scores.max(dim=-1)
+    if src_protected is not None:
+        best = best.masked_fill(src_protected, -math.inf)
+    return best, which
 
 
 def merge_wavg(

@@ -155,6 +155,28 @@ def test_merging_batch_items_are_independent():
         torch.testing.assert_close(u1(y1)[0], unmerge(y)[bi])
 
 
+def test_merging_heads_layout_shares_the_matching():
+    metric, _, _ = _inputs(b=2, n=16)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, 16, 4, generator=g)  # (B, heads, N, D)
+    merge, unmerge = bipartite_soft_matching(metric, 5)
+    merged = merge(q, mode="mean")
+    assert merged.shape == (2, 3, 11, 4)
+    for h in range(3):
+        torch.testing.assert_close(merged[:, h], merge(q[:, h], mode="mean"))
+        torch.testing.assert_close(unmerge(merged)[:, h], unmerge(merged[:, h]))
+
+
+def test_merging_chunked_scores_match_unchunked(monkeypatch):
+    import models.merging as merging
+
+    metric, x, size = _inputs(b=2, n=33)
+    whole = merge_wavg(bipartite_soft_matching(metric, 9, protected=[0, 3])[0], x, size)
+    monkeypatch.setattr(merging, "SCORE_CHUNK_ELEMENTS", 20)  # a few source rows per chunk
+    chunked = merge_wavg(bipartite_soft_matching(metric, 9, protected=[0, 3])[0], x, size)
+    torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
+
+
 def test_merging_explicit_destination_set():
     metric, x, size = _inputs(b=2, n=15)
     dst = [0, 1, 2, 3, 9]
