@@ -33,6 +33,14 @@ def _field_types(schema: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
 
 
+def _dataclass_of(t: Any) -> type | None:
+    """The dataclass behind a field type: ``X`` or an optional ``X | None``."""
+    if dataclasses.is_dataclass(t):
+        return t
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
 def _check_keys(schema: type, data: Mapping, prefix: str = "") -> None:
     """Reject keys the schema does not declare, naming the key and the valid ones."""
     types = _field_types(schema)
@@ -41,8 +49,8 @@ def _check_keys(schema: type, data: Mapping, prefix: str = "") -> None:
         if key not in types:
             valid = ", ".join(sorted(types))
             raise ConfigError(f"unknown config key '{full}'; valid keys here: {valid}")
-        sub = types[key]
-        if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
+        sub = _dataclass_of(types[key])
+        if sub is not None and isinstance(value, Mapping):
             _check_keys(sub, value, prefix=f"{full}.")
 
 

@@ -22,6 +22,7 @@ class Schema:
     count: int = 3
     inner: Inner = field(default_factory=Inner)
     tags: list[str] = field(default_factory=list)
+    extra: Inner | None = None
 
 
 @dataclass
@@ -43,8 +44,11 @@ def test_config_unknown_key_names_key_and_valid_keys(tmp_path):
         load_config(Schema, None, ["inner.ratoi=3"])
     path = tmp_path / "c.yaml"
     path.write_text("cuont: 1\n")
-    with pytest.raises(ConfigError, match=r"'cuont'.*count, inner, name, tags"):
+    with pytest.raises(ConfigError, match=r"'cuont'.*count, extra, inner, name, tags"):
         load_config(Schema, path)
+    with pytest.raises(ConfigError, match=r"'extra\.bogus'.*enabled, ratio"):
+        load_config(Schema, None, ["extra.bogus=1"])
+    assert load_config(Schema, None, ["extra.ratio=0.1"]).extra.ratio == 0.1
 
 
 def test_config_wrong_type_names_key_and_type():
@@ -71,7 +75,7 @@ def test_config_is_saved_resolved(tmp_path):
     cfg = load_config(Schema, None, ["count=9"])
     out = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert yaml.safe_load(out.read_text()) == {
-        "name": "demo", "count": 9, "inner": {"ratio": 0.5, "enabled": True}, "tags": []
+        "name": "demo", "count": 9, "inner": {"ratio": 0.5, "enabled": True}, "tags": [], "extra": None
     }
     assert not list(out.parent.glob(".*.tmp"))
 
