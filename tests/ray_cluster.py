@@ -67,6 +67,7 @@ class RayHead:
         args = [
             "--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
             "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.tmp}/r",
         ]
         if self.resources:
@@ -95,7 +96,8 @@ class RayHead:
         import json
 
         n = len(self._procs)
-        args = [f"--address={self.address}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1"]
+        args = [f"--address={self.address}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+                f"--dashboard-agent-listen-port={free_port()}"]
         if resources:
             args.append(f"--resources={json.dumps(resources)}")
         self._start(args, f"ray-worker-{n}.log")
