@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:1] if argv else [])
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # libraries that narrate their start-up at INFO (open_clip logs on the root logger)
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
     module = importlib.import_module(commands[args.command][0])
     return int(module.main(argv[1:]) or 0)
 

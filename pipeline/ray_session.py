@@ -25,4 +25,5 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         log.info("starting a local Ray cluster")
-        ray.init(**kwargs)
+        # "local": never attach silently to some other cluster that `ray start` left on this machine
+        ray.init(address="local", **kwargs)
