@@ -27,10 +27,12 @@ from models.errors import InputError
 
 __all__ = [
     "Merge",
+    "TokenMatch",
     "Unmerge",
     "attention_bias",
     "bipartite_soft_matching",
     "frame_dst_mask",
+    "match_tokens",
     "merge_wavg",
     "token_mask",
 ]
@@ -39,12 +41,49 @@ Merge = Callable[..., torch.Tensor]
 Unmerge = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _identity_merge(x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-    return x
+class TokenMatch:
+    """The outcome of a matching: ``slot[b, i]`` is the output position of token i of item b.
 
+    Survivors occupy the first slots, destinations the last ones; a merged source shares its
+    destination's slot. Dims between batch and tokens (e.g. attention heads) share the matching.
+    """
 
-def _identity_unmerge(x: torch.Tensor) -> torch.Tensor:
-    return x
+    def __init__(self, slot: torch.Tensor, num_slots: int) -> None:
+        self.slot = slot
+        self.num_slots = num_slots
+        b, n = slot.shape
+        self.identity = num_slots == n
+        self.counts = torch.ones(b, n, device=slot.device)  # tokens per slot
+        if not self.identity:
+            self.counts = self.counts.new_zeros(b, num_slots).scatter_add_(1, slot, self.counts)
+
+    def _index(self, x: torch.Tensor) -> torch.Tensor:
+        b, n = self.slot.shape
+        return self.slot.view(b, *([1] * (x.dim() - 3)), n, 1).expand(*x.shape[:-2], n, x.shape[-1])
+
+    def merge(self, x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        """(B, ..., N, C) -> (B, ..., num_slots, C): the sum, mean or max of every slot's tokens."""
+        b, n = self.slot.shape
+        if x.dim() < 3 or x.shape[0] != b or x.shape[-2] != n:
+            raise InputError(f"merge expects tokens (B={b}, ..., N={n}, C); got shape {tuple(x.shape)}")
+        if self.identity:
+            return x
+        out = x.new_zeros(*x.shape[:-2], self.num_slots, x.shape[-1])
+        if mode not in ("sum", "mean"):
+            return out.scatter_reduce(-2, self._index(x), x, reduce=mode, include_self=False)
+        out.scatter_add_(-2, self._index(x), x)
+        if mode == "mean":
+            out = out / self.counts.view(b, *([1] * (x.dim() - 3)), self.num_slots, 1).to(x.dtype)
+        return out
+
+    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, ..., num_slots, C) -> (B, ..., N, C): every token takes its slot's value."""
+        b, n = self.slot.shape
+        if y.dim() < 3 or y.shape[0] != b or y.shape[-2] != self.num_slots:
+            raise InputError(
+                f"unmerge expects tokens (B={b}, ..., N={self.num_slots}, C); got shape {tuple(y.shape)}"
+            )
+        return y if self.identity else y.gather(-2, self._index(y))
 
 
 def token_mask(
@@ -72,6 +111,18 @@ def bipartite_soft_matching(
     protected: torch.Tensor | Sequence[int] | None = None,
     dst: torch.Tensor | Sequence[int] | None = None,
 ) -> tuple[Merge, Unmerge]:
+    """ToMe's interface to :func:`match_tokens`: the ``merge`` and ``unmerge`` closures."""
+    match = match_tokens(metric, r, protected=protected, dst=dst)
+    return match.merge, match.unmerge
+
+
+def match_tokens(
+    metric: torch.Tensor,
+    r: int,
+    *,
+    protected: torch.Tensor | Sequence[int] | None = None,
+    dst: torch.Tensor | Sequence[int] | None = None,
+) -> TokenMatch:
     """Match r source tokens to their most similar destination tokens (cosine similarity of ``metric``).
 
     metric:    (B, N, C) features that decide similarity (e.g. attention keys).
@@ -79,18 +130,20 @@ def bipartite_soft_matching(
     protected: bool mask (N,) / (B, N) or indices of tokens never merged away nor merged into.
     dst:       bool mask (N,) or indices of the destination set; default: odd positions (ToMe).
 
-    Returns ``merge(x, mode="sum"|"mean"|"amax")`` mapping (B, ..., N, C') -> (B, ..., N - r, C') and
-    ``unmerge(y)`` mapping (B, ..., N - r, C') -> (B, ..., N, C'), where every source token takes the
-    value of the destination it was merged into. Dims between batch and tokens (e.g. attention
-    heads) share the matching, so q, k and v can be merged in (B, heads, N, D) layout.
+    Returns a :class:`TokenMatch` whose ``merge(x, mode="sum"|"mean"|"amax")`` maps
+    (B, ..., N, C') -> (B, ..., N - r, C') and whose ``unmerge(y)`` maps (B, ..., N - r, C') ->
+    (B, ..., N, C'), every source token taking the value of the destination it was merged into.
+    Dims between batch and tokens (e.g. attention heads) share the matching, so q, k and v can be
+    merged in (B, heads, N, D) layout.
     """
     if metric.dim() != 3:
         raise InputError(f"metric must be (B, N, C); got shape {tuple(metric.shape)}")
     b, n, _ = metric.shape
     if r < 0:
         raise InputError(f"r must be >= 0; got {r}")
+    identity = TokenMatch(torch.arange(n, device=metric.device).expand(b, n), n)
     if r == 0:
-        return _identity_merge, _identity_unmerge
+        return identity
     if n < 2:
         raise InputError(f"merging needs at least 2 tokens; metric has shape {tuple(metric.shape)}")
     device = metric.device
@@ -117,7 +170,7 @@ def bipartite_soft_matching(
         mergeable = n_src if n_dst > 0 else 0
     r = min(r, mergeable)
     if r <= 0:
-        return _identity_merge, _identity_unmerge
+        return identity
 
     with torch.no_grad():
         m = metric.float() if metric.dtype in (torch.float16, torch.bfloat16) else metric
@@ -128,36 +181,15 @@ def bipartite_soft_matching(
         kept = order[:, r:].sort(dim=-1).values  # survivors in original order
         target = node_idx.gather(1, merged)  # destination (within the dst set) of each merged source
 
-    n_kept = n_src - r
-
-    def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Per-item token index (B, k) broadcast over the dims between batch and tokens."""
-        view = idx.view(b, *([1] * (x.dim() - 3)), idx.shape[1], 1)
-        return view.expand(*x.shape[:-2], idx.shape[1], x.shape[-1])
-
-    def merge(x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-        if x.dim() < 3 or x.shape[0] != b or x.shape[-2] != n:
-            raise InputError(f"merge expects tokens (B={b}, ..., N={n}, C); got shape {tuple(x.shape)}")
-        src, dst_tokens = x.index_select(-2, src_idx), x.index_select(-2, dst_idx)
-        survivors = src.gather(-2, take(x, kept))
-        moving = src.gather(-2, take(x, merged))
-        dst_tokens = dst_tokens.scatter_reduce(-2, take(x, target), moving, reduce=mode)
-        return torch.cat([survivors, dst_tokens], dim=-2)
-
-    def unmerge(y: torch.Tensor) -> torch.Tensor:
-        if y.dim() < 3 or y.shape[0] != b or y.shape[-2] != n - r:
-            raise InputError(f"unmerge expects tokens (B={b}, ..., N={n - r}, C); got shape {tuple(y.shape)}")
-        survivors, dst_tokens = y[..., :n_kept, :], y[..., n_kept:, :]
-        moved = dst_tokens.gather(-2, take(y, target))
-        src = y.new_empty(*y.shape[:-2], n_src, y.shape[-1])
-        src.scatter_(-2, take(y, kept), survivors)
-        src.scatter_(-2, take(y, merged), moved)
-        out = y.new_empty(*y.shape[:-2], n, y.shape[-1])
-        out[..., src_idx, :] = src
-        out[..., dst_idx, :] = dst_tokens
-        return out
-
-    return merge, unmerge
+        # Every token's output slot: survivors 0..n_kept-1, destinations after them.
+        n_kept = n_src - r
+        src_slot = torch.empty(b, n_src, dtype=torch.long, device=device)
+        src_slot.scatter_(1, kept, torch.arange(n_kept, device=device).expand(b, n_kept))
+        src_slot.scatter_(1, merged, n_kept + target)
+        slot = torch.empty(b, n, dtype=torch.long, device=device)
+        slot[:, src_idx] = src_slot
+        slot[:, dst_idx] = n_kept + torch.arange(n_dst, device=device)
+    return TokenMatch(slot, n - r)
 
 
 # Elements of one chunk of the (sources x destinations) score matrix: bounds the matching's memory

@@ -1,0 +1,203 @@
+"""FastVGGT merged global attention: plan, matching, exactness on duplicates, RoPE, model use."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import merging
+from models.merging import bipartite_soft_matching
+from models.vggt import MergeConfig, VGGTModelConfig, create_vggt
+from models.vggt.fast import GlobalMergePlan, TokenMatching, plan_global_merge, protected_tokens
+from models.vggt.layers import Attention, RotaryEmbedding2D
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tensors are small: one thread is as fast, and spin-waiting threads on a busy
+    machine made the same tests ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def plan_for(views=4, grid=(5, 7), **cfg):
+    return plan_global_merge(MergeConfig(**cfg), views=views, grid_hw=grid, num_special=5, device=CPU)
+
+
+def dst_mask(plan: GlobalMergePlan) -> torch.Tensor:
+    mask = torch.zeros(plan.num_tokens, dtype=torch.bool)
+    mask[plan.dst_idx] = True
+    return mask
+
+
+def test_vggt_fast_plan_destinations():
+    views, (gh, gw), P = 4, (5, 7), 40
+    plan = plan_for(views, (gh, gw), protect_ratio=0.0)
+    dst = dst_mask(plan).view(views, P)
+    assert dst[0].all()  # the reference view keeps every token
+    assert dst[:, :5].all()  # camera + register tokens of every view
+    cells = math.ceil(gh / 2) * math.ceil(gw / 2)
+    for frame in dst[1:]:
+        grid = frame[5:].view(gh, gw)
+        assert int(grid.sum()) == cells
+        for r in range(0, gh, 2):
+            for c in range(0, gw, 2):
+                assert int(grid[r : r + 2, c : c + 2].sum()) == 1  # one destination per 2x2 region
+    assert plan.r == views * P - int(dst.sum())  # ratio 0.9 caps at "all sources"
+    assert torch.equal(dst_mask(plan_for(views, (gh, gw), seed=0)), dst_mask(plan))
+    assert not torch.equal(dst_mask(plan_for(views, (gh, gw), seed=1)), dst_mask(plan))
+    region3 = dst_mask(plan_for(views, (gh, gw), region=3)).view(views, P)
+    assert int(region3[1, 5:].sum()) == math.ceil(gh / 3) * math.ceil(gw / 3)
+
+
+def test_vggt_fast_plan_protection_and_nothing_to_merge():
+    mask = protected_tokens(160, 0.1)
+    assert mask.nonzero().squeeze(1).tolist() == list(range(0, 160, 10))  # FastVGGT: evenly spaced
+    assert not protected_tokens(160, 0.0).any()
+    plan = plan_for()
+    n_src = plan.src_idx.numel()
+    assert plan.r == n_src - int(plan.src_protected.sum())  # protected sources never merge
+    assert plan.merged_tokens == plan.num_tokens - plan.r
+    assert plan_for(views=1) is None  # one view: every token is a destination
+    assert plan_for(enabled=False) is None
+    assert plan_for(ratio=0.0) is None
+    assert plan_for(ratio=0.1).r == int(0.1 * 160)
+
+
+def test_vggt_fast_matching_agrees_with_merging_module(monkeypatch):
+    """Same matching as models.merging.bipartite_soft_matching, also when scores are chunked."""
+    plan = plan_for(views=4, grid=(5, 7), ratio=0.5)
+    g = torch.Generator().manual_seed(0)
+    metric = torch.randn(2, plan.num_tokens, 12, generator=g)
+    x = torch.randn(2, plan.num_tokens, 6, generator=g)
+    protected = torch.zeros(plan.num_tokens, dtype=torch.bool)
+    protected[plan.src_idx[plan.src_protected]] = True
+    protected[plan.dst_idx[plan.dst_protected]] = True
+    merge, unmerge = bipartite_soft_matching(metric, plan.r, protected=protected, dst=dst_mask(plan))
+    matching = plan(metric)
+    assert matching.num_slots == plan.merged_tokens
+    torch.testing.assert_close(matching.merge(x), merge(x, mode="mean"))
+    y = torch.randn(2, plan.merged_tokens, 6, generator=g)
+    torch.testing.assert_close(matching.unmerge(y), unmerge(y))
+    monkeypatch.setattr(merging, "SCORE_CHUNK_ELEMENTS", 50)  # a few rows per chunk
+    assert torch.equal(plan(metric).assign, matching.assign)
+    with pytest.raises(ValueError, match="tokens"):
+        plan(metric[:, :-1])
+
+
+def test_vggt_fast_proportional_attention_is_exact_on_duplicates():
+    """A source that duplicates a destination (same features, no RoPE) merges into it; with the
+    log(size) bias the merged attention equals the full attention, for every token."""
+    torch.manual_seed(0)
+    attn = Attention(16, 2, qk_norm=True).eval()
+    base = torch.randn(2, 8, 16)
+    copied = torch.tensor([0, 0, 0, 1, 2, 3, 3, 5])  # uneven: slots of size 4, 2, 2, 3, 1, 2, 1, 1
+    x = torch.cat((base, base[:, copied]), dim=1)  # tokens 8..15 copy tokens copied[0..7]
+    dst = torch.zeros(16, dtype=torch.bool)
+    dst[:8] = True
+    no_protection = torch.zeros(16, dtype=torch.bool)
+    with torch.no_grad():
+        full = attn(x)
+        for proportional, exact in ((True, True), (False, False)):
+            plan = GlobalMergePlan(dst, no_protection, r=8, proportional=proportional)
+            assert torch.equal(plan(x).assign[:, 8:], copied.expand(2, 8))  # each copy found its original
+            merged = attn(x, merger=plan)
+            assert torch.allclose(merged, full, atol=1e-5) == exact
+
+
+def test_vggt_fast_rope_positions_follow_tokens():
+    """Merged keys are means of keys rotated at their own tokens' positions."""
+    torch.manual_seed(0)
+    attn = Attention(16, 2, qk_norm=True).eval()
+    grid_h, grid_w, frames = 2, 3, 2
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w).repeat(grid_h)
+    positions = torch.stack((rows, cols), dim=-1) + 1
+    rope = RotaryEmbedding2D(100.0).tables(positions, head_dim=8)
+    x = torch.randn(1, frames * grid_h * grid_w, 16)
+    dst = torch.zeros(x.shape[1], dtype=torch.bool)
+    dst[:6] = True
+    plan = GlobalMergePlan(dst, torch.zeros_like(dst), r=6, proportional=True)
+
+    captured = []
+
+    class Spy(TokenMatching):
+        def merge_heads(self, t):
+            captured.append(t)
+            return super().merge_heads(t)
+
+    def merger(metric):
+        spy = Spy.__new__(Spy)
+        spy.__dict__.update(plan(metric).__dict__)
+        return spy
+
+    with torch.no_grad():
+        attn(x, rope=rope, merger=merger)
+        k = attn.k_norm(attn.qkv(x).reshape(1, 12, 3, 2, 8)[:, :, 1].transpose(1, 2))
+    k_in = captured[1]  # q, k, v are merged in this order
+    torch.testing.assert_close(k_in, rope.apply(k))  # every token rotated at its own (row, col)
+    assert not torch.allclose(k_in, k)
+    matching = plan(x)
+    merged = matching.merge_heads(k_in)
+    assign = matching.assign[0]
+    for slot in range(plan.merged_tokens):  # slots hold the means of their members
+        members = (assign == slot).nonzero().squeeze(1)
+        torch.testing.assert_close(merged[0, :, slot], k_in[0, :, members].mean(1))
+    assert any(int((assign == slot).sum()) > 1 for slot in range(plan.merged_tokens))
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(fixtures_dir):
+    weights = str(fixtures_dir / "vggt_tiny_state_dict.safetensors")
+    plain = create_vggt(
+        VGGTModelConfig(arch="vggt-tiny", pretrained=weights, merge=MergeConfig(enabled=False))
+    )
+    merged = create_vggt(VGGTModelConfig(arch="vggt-tiny", pretrained=weights, merge=MergeConfig()))
+    return plain, merged
+
+
+def test_vggt_fast_merged_model_tracks_unmerged(tiny_pair, fixtures_dir):
+    from safetensors.torch import load_file
+
+    plain, merged = tiny_pair
+    images = load_file(str(fixtures_dir / "vggt_tiny_io.safetensors"))["images"]
+    plan = merged.merge_plan(4, (70, 98), CPU)
+    assert plan.merged_tokens < 0.7 * plan.num_tokens
+    with torch.no_grad():
+        ref, out = plain(images), merged(images)
+    for key in ("depth", "world_points"):
+        rel = ((out[key] - ref[key]).norm() / ref[key].norm()).item()
+        assert 0 < rel < 1e-3, key  # it did merge, and stayed close
+    # later start: fewer merged blocks, closer to the reference
+    late = create_vggt(
+        VGGTModelConfig(
+            arch="vggt-tiny",
+            pretrained=str(fixtures_dir / "vggt_tiny_state_dict.safetensors"),
+            merge=MergeConfig(start_block=3),
+        )
+    )
+    with torch.no_grad():
+        out_late = late(images)
+    assert (out_late["world_points"] - ref["world_points"]).norm() < (
+        out["world_points"] - ref["world_points"]
+    ).norm()
+
+
+def test_vggt_fast_merged_bfloat16_and_any_grid(tiny_pair):
+    _, merged = tiny_pair
+    images = torch.rand(2, 3, 3, 42, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = merged(images)
+    assert out["depth"].shape == (2, 3, 42, 112, 1) and torch.isfinite(out["depth"]).all()
+    half = create_vggt(VGGTModelConfig(arch="vggt-tiny", pretrained="none", merge=MergeConfig())).to(
+        torch.bfloat16
+    )
+    with torch.no_grad():
+        out = half(images.to(torch.bfloat16))
+    assert out["world_points"].dtype == torch.bfloat16 and torch.isfinite(out["world_points"]).all()
