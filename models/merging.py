@@ -194,7 +194,13 @@ def match_tokens(
 
 # Elements of one chunk of the (sources x destinations) score matrix: bounds the matching's memory
 # for long sequences (FastVGGT's global attention sees S views x P patches) without changing results.
-SCORE_CHUNK_ELEMENTS = 1 << 24
+# On CPU 4 MiB of float32 scores stay in cache (measured faster than larger chunks); accelerators
+# want few, large launches.
+SCORE_CHUNK_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 28}
+
+
+def score_chunk_elements(device_type: str) -> int:
+    return SCORE_CHUNK_ELEMENTS.get(device_type, SCORE_CHUNK_ELEMENTS["other"])
 
 
 def _best_destinations(
@@ -207,13 +213,13 @@ def _best_destinations(
     Protected sources score -inf so they are merged last (never, after clamping r)."""
     b, n_src, _ = src.shape
     dst_t = dst.transpose(1, 2)
-    rows = max(1, SCORE_CHUNK_ELEMENTS // max(1, b * dst.shape[1]))
+    rows = max(1, score_chunk_elements(src.device.type) // max(1, b * dst.shape[1]))
     best = src.new_empty(b, n_src)
     which = torch.empty(b, n_src, dtype=torch.long, device=src.device)
     for start in range(0, n_src, rows):
         scores = src[:, start : start + rows] @ dst_t
         if dst_protected is not None:
-            scores = scores.masked_fill(dst_protected[:, None, :], -math.inf)
+            scores.masked_fill_(dst_protected[:, None, :], -math.inf)
         best[:, start : start + rows], which[:, start : start + rows] = scores.max(dim=-1)
     if src_protected is not None:
         best = best.masked_fill(src_protected, -math.inf)

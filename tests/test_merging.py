@@ -172,7 +172,7 @@ def test_merging_chunked_scores_match_unchunked(monkeypatch):
 
     metric, x, size = _inputs(b=2, n=33)
     whole = merge_wavg(bipartite_soft_matching(metric, 9, protected=[0, 3])[0], x, size)
-    monkeypatch.setattr(merging, "SCORE_CHUNK_ELEMENTS", 20)  # a few source rows per chunk
+    monkeypatch.setitem(merging.SCORE_CHUNK_ELEMENTS, "cpu", 20)  # a few source rows per chunk
     chunked = merge_wavg(bipartite_soft_matching(metric, 9, protected=[0, 3])[0], x, size)
     torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
 

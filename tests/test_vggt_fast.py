@@ -85,7 +85,7 @@ def test_vggt_fast_matching_agrees_with_merging_module(monkeypatch):
     torch.testing.assert_close(matching.merge(x), merge(x, mode="mean"))
     y = torch.randn(2, plan.merged_tokens, 6, generator=g)
     torch.testing.assert_close(matching.unmerge(y), unmerge(y))
-    monkeypatch.setattr(merging, "SCORE_CHUNK_ELEMENTS", 50)  # a few rows per chunk
+    monkeypatch.setitem(merging.SCORE_CHUNK_ELEMENTS, "cpu", 50)  # a few rows per chunk
     assert torch.equal(plan(metric).assign, matching.assign)
     with pytest.raises(ValueError, match="tokens"):
         plan(metric[:, :-1])

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from models.errors import InputError
-from models.merging import SCORE_CHUNK_ELEMENTS
+from models.merging import score_chunk_elements
 
 if TYPE_CHECKING:
     from models.vggt.model import VGGT
@@ -53,7 +53,7 @@ def estimate_forward_bytes(
     dpt_chunk = 3 * chunk_frames * height * width * (arch.dpt_features // 2 + 32) * head
     merging = 0
     if model.merge.enabled:  # normalised metric split into sources/destinations, one score chunk
-        merging = 2 * tokens * C * 4 + SCORE_CHUNK_ELEMENTS * 4
+        merging = 2 * tokens * C * 4 + score_chunk_elements(device_type) * 4
     return int(transformer + cached + outputs + dpt_chunk + merging)
 
 
