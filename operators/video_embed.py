@@ -1,0 +1,81 @@
+"""Embed decoded clips with the TempMe video encoder (a Ray Data stage run in an actor pool).
+
+``VideoEmbedder(model)`` loads the encoder once per actor; ``__call__`` turns a batch of clip rows
+(``frames`` uint8 (B,T,S,S,3), ``mask`` (B,T)) into the same rows with an ``embedding`` (B,D)
+float32 column instead of the frames. Rows that already failed upstream pass through untouched.
+If the model fails on a batch, each row is retried alone so that one bad clip is reported (stage
+``embed``) without losing its neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from models.frames import normalize_frames
+from models.tempme import VideoModelConfig, create_video_encoder
+
+__all__ = ["VideoEmbedder"]
+
+log = logging.getLogger(__name__)
+
+FRAME_COLUMNS = ("frames", "mask")
+
+
+class VideoEmbedder:
+    """Ray Data stage: clip rows -> embedded rows. Pass the class to ``map_batches``."""
+
+    def __init__(self, model: VideoModelConfig | dict, num_threads: int = 0):
+        if num_threads > 0:
+            # A CPU actor gets the cores it reserved, not all of the machine's: decode tasks
+            # share those cores, and oversubscribed torch threads only add contention.
+            torch.set_num_threads(int(num_threads))
+        cfg = model if isinstance(model, VideoModelConfig) else VideoModelConfig(**model)
+        self.encoder = create_video_encoder(cfg)
+        self.model_config = dataclasses.asdict(cfg)
+        self.node_id = _node_id()
+        log.info("video embedder ready: %s on %s (%s)", cfg.arch, self.encoder.device,
+                 self.encoder.weights_id)
+
+    def embed(self, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """uint8 (B,T,S,S,3) + bool (B,T) -> float32 (B,D) unit vectors."""
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        x = normalize_frames(x, self.encoder.mean, self.encoder.std)
+        m = torch.from_numpy(np.asarray(mask, dtype=bool))
+        device = self.encoder.device
+        return self.encoder.encode_video(x.to(device, non_blocking=True), m.to(device)).float().cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["path"])
+        out = {k: v for k, v in batch.items() if k not in FRAME_COLUMNS}
+        embedding = np.zeros((n, self.encoder.embed_dim), np.float32)
+        error_stage = np.asarray(batch["error_stage"], dtype=object).copy()
+        error_type = np.asarray(batch["error_type"], dtype=object).copy()
+        error_message = np.asarray(batch["error_message"], dtype=object).copy()
+        todo = np.flatnonzero(error_type == "")
+        if len(todo):
+            try:
+                embedding[todo] = self.embed(batch["frames"][todo], batch["mask"][todo])
+            except Exception:  # noqa: BLE001 - find the row that fails, keep the others
+                for i in todo:
+                    try:
+                        embedding[i] = self.embed(batch["frames"][i : i + 1], batch["mask"][i : i + 1])[0]
+                    except Exception as e:  # noqa: BLE001 - reported in the errors table
+                        error_stage[i], error_type[i] = "embed", type(e).__name__
+                        error_message[i] = " ".join(str(e).split())[:500] or type(e).__name__
+        out.update(embedding=embedding, error_stage=error_stage.astype(str),
+                   error_type=error_type.astype(str), error_message=error_message.astype(str),
+                   embed_node=np.full(n, self.node_id))
+        return out
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001 - node ids are diagnostics only
+        return "unknown"
