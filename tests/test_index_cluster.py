@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from media import write_video
 from ray_cluster import REPO, RayHead
 
 from pipeline.index_layout import IndexLayout, id_key, stable_id
@@ -21,16 +21,6 @@ from pipeline.index_layout import IndexLayout, id_key, stable_id
 FAST = ["model.arch=ViT-S-32", "model.pretrained=none", "model.device=cpu", "output.progress=false"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def write_video(path, n_frames, width, height, seed):
-    rng = np.random.default_rng(seed)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
-    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    for i in range(n_frames):
-        writer.write(np.roll(base, 5 * i, axis=0))
-    writer.release()
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from media import write_video
 
 from pipeline.faiss_index import index_ids, load_index, search_index
 from pipeline.index_layout import IndexLayout, id_key, stable_id
@@ -31,16 +32,6 @@ BAD = {"zero.mp4": "decode", "text.mp4": "decode", "truncated.avi": "decode", "c
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def write_video(path, n_frames, width, height, fps=10.0, seed=0):
-    rng = np.random.default_rng(seed)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    for i in range(n_frames):
-        writer.write(np.roll(base, 3 * i, axis=1))
-    writer.release()
-    return path
 
 
 def reencoded_copy(source, target, width, height):
