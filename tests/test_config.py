@@ -80,10 +80,22 @@ def test_config_is_saved_resolved(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))
 
 
-def test_cli_help_lists_existing_commands(capsys):
+def test_cli_help_lists_the_commands(capsys):
     from pipeline.cli import available_commands, main
 
+    assert {"demo", "index", "search", "reconstruct", "config"} <= set(available_commands())
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for name in available_commands():
         assert name in out
+
+
+@pytest.mark.parametrize("job", ["index", "reconstruct"])
+def test_cli_config_prints_resolved_job_config(job, capsys):
+    from pipeline.cli import main
+
+    assert main(["config", job, "model.pretrained=none"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["pretrained"] == "none"
+    assert main(["config", job, "model.bogus=1"]) == 2
+    assert "unknown config key 'model.bogus'" in capsys.readouterr().out
