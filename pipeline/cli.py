@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("pipeline.video_index", "embed a video corpus into a FAISS + Parquet index (resumable)"),
     "search": ("pipeline.search", "search an index with a text query or a video"),
     "reconstruct": ("pipeline.reconstruct", "reconstruct cameras and point clouds from image folders"),
-    "config": ("pipeline.show_config", "print a job's resolved configuration (defaults + key=value overrides)"),
+    "config": ("pipeline.show_config", "print a job's resolved configuration (defaults + overrides)"),
 }
 
 
