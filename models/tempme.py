@@ -384,7 +384,9 @@ class TempMeEncoder(nn.Module):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(N,) strings -> (N, D) L2-normalised text embeddings from the matching text tower."""
         if self.text is None:
-            raise InputError("this encoder has no text tower; build it with create_video_encoder")
+            raise InputError(
+                "this encoder has no text tower; build it with create_video_encoder(cfg, with_text=True)"
+            )
         if isinstance(texts, str):
             raise InputError("encode_text expects a list of strings, got one string; wrap it in a list")
         if len(texts) == 0:
@@ -504,8 +506,9 @@ def _config_schedule(cfg: VideoModelConfig) -> MergeSchedule:
     return preset_schedule(cfg.preset)
 
 
-def create_video_encoder(cfg: VideoModelConfig) -> TempMeEncoder:
-    """Build the encoder: open_clip model + weights (``models.clip``), preset schedule, device."""
+def create_video_encoder(cfg: VideoModelConfig, *, with_text: bool = True) -> TempMeEncoder:
+    """Build the encoder: open_clip model + weights (``models.clip``), preset schedule, device.
+    ``with_text=False`` drops the text tower (video-only workers save its memory)."""
     from models.clip import load_clip
 
     schedule = _config_schedule(cfg)  # fail on a bad preset before loading weights
@@ -517,7 +520,7 @@ def create_video_encoder(cfg: VideoModelConfig) -> TempMeEncoder:
         cfg.preset,
         schedule=schedule,
         num_frames=cfg.num_frames,
-        text=clip.text,
+        text=clip.text if with_text else None,
         arch=cfg.arch,
         weights_id=clip.weights_id,
         mean=clip.mean,

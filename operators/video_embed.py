@@ -34,7 +34,7 @@ class VideoEmbedder:
             # share those cores, and oversubscribed torch threads only add contention.
             torch.set_num_threads(int(num_threads))
         cfg = model if isinstance(model, VideoModelConfig) else VideoModelConfig(**model)
-        self.encoder = create_video_encoder(cfg)
+        self.encoder = create_video_encoder(cfg, with_text=False)  # videos only: no text tower
         self.model_config = dataclasses.asdict(cfg)
         self.node_id = _node_id()
         log.info("video embedder ready: %s on %s (%s)", cfg.arch, self.encoder.device,

@@ -95,9 +95,12 @@ def test_tempme_weights_random_init_is_labelled_and_seeded(random_encoder, clip_
     assert enc.weights_id == "random-init(seed=0)" and enc.identity()["weights_id"] == "random-init(seed=0)"
     assert enc.identity()["arch"] == ARCH and enc.device == torch.device("cpu") and enc.precision == "fp32"
     state = torch.random.get_rng_state()
-    again = create_video_encoder(VideoModelConfig(pretrained="none", **FAST))
+    again = create_video_encoder(VideoModelConfig(pretrained="none", **FAST), with_text=False)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
     assert torch.equal(again.encode_video(clip_frames), enc.encode_video(clip_frames))
+    assert again.identity() == enc.identity()  # a video-only encoder is the same model for an index
+    with pytest.raises(ValueError, match="no text tower"):
+        again.encode_text(["a query"])
     other = create_video_encoder(VideoModelConfig(pretrained="none", seed=1, **FAST))
     assert other.weights_id == "random-init(seed=1)"
     assert not torch.allclose(other.encode_video(clip_frames), enc.encode_video(clip_frames))
