@@ -22,15 +22,6 @@ VIDEOS = ("vtest.avi", "Megamind.avi", "tree.avi")
 TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    """Small tensors on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tower(fixtures_dir) -> VisionTransformer:
     """The TempMe fixture's tiny open_clip tower (width 64, 12 layers, patch 32, 224 px)."""

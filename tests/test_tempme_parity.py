@@ -23,15 +23,6 @@ from models.tempme import TempMeEncoder
 TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    """Small tensors on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_tower(fixtures_dir) -> VisionTransformer:
     """The fixture's open_clip tower: width 64, 12 layers, 4 heads, patch 32, 224 px, QuickGELU."""
     state = load_file(fixtures_dir / "tempme_tiny_visual_state_dict.safetensors")

@@ -24,15 +24,6 @@ FAST = dict(arch=ARCH, device="cpu", preset="none", num_frames=2)  # weights, no
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    """Small tensors on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip_frames(opencv_data) -> torch.Tensor:
     reader = decord.VideoReader(str(opencv_data / "Megamind.avi"), ctx=decord.cpu(0))

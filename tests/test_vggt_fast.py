@@ -16,16 +16,6 @@ from models.vggt.layers import Attention, RotaryEmbedding2D
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are small: one thread is as fast, and spin-waiting threads on a busy
-    machine made the same tests ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def plan_for(views=4, grid=(5, 7), **cfg):
     return plan_global_merge(MergeConfig(**cfg), views=views, grid_hw=grid, num_special=5, device=CPU)
 

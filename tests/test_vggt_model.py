@@ -25,16 +25,6 @@ from models.vggt.weights import load_state_dict_strict
 TINY_WEIGHTS = "vggt_tiny_state_dict.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are small: one thread is as fast, and spin-waiting threads on a busy
-    machine made the same tests ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_model(fixtures_dir, **merge) -> VGGT:
     cfg = VGGTModelConfig(
         arch="vggt-tiny",

@@ -18,16 +18,6 @@ ATOL, RTOL = 1e-5, 1e-4
 FIXTURE_FILES = ["left01.jpg", "right01.jpg", "left02.jpg", "right02.jpg"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are small: one thread is as fast, and spin-waiting threads on a busy
-    machine made the same tests ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def reference(fixtures_dir):
     return load_file(str(fixtures_dir / "vggt_tiny_io.safetensors"))
