@@ -1,0 +1,25 @@
+"""The scene reconstruction job as a module, for ``python -m jobs.reconstruct_scenes`` and
+``ray job submit -- python -m jobs.reconstruct_scenes <scenes...> --out <dir> [key=value ...]``.
+
+Same arguments and exit status as ``tomeray reconstruct`` (see :mod:`pipeline.reconstruct`). Under
+``ray job submit`` the driver joins the submitting cluster through ``RAY_ADDRESS`` and writes every
+output file itself, so the output directory must be writable from the node running the driver (the
+head node): a shared file system, or a path local to the head node. Image paths are read by the
+load tasks wherever they run, so inputs must be visible to every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pipeline.reconstruct import main as reconstruct_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return reconstruct_main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

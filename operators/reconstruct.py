@@ -1,0 +1,313 @@
+"""Reconstruct one scene with VGGT (a Ray Data stage run in an actor pool, one scene per call).
+
+``SceneReconstructor`` builds the model once per actor (``create_vggt``: weights, merging) and
+turns a loaded scene (``operators.scene_load``) into cameras and a filtered point cloud:
+
+* views: a scene over ``max_views`` (policy ``split``) runs in chunks that all start with the
+  scene's first view (the anchor). VGGT's world frame is its first input's camera and its scale
+  is its own per call, so each later chunk is mapped onto the first by the similarity that makes
+  its anchor coincide: rotation and translation from the anchor's two predicted poses, scale from
+  the median ratio of the anchor's two depth maps (``chunk_alignment``);
+* points: ``source="depth"`` unprojects the depth maps through the predicted cameras (what the
+  VGGT authors recommend and their demo defaults to), ``"point_head"`` takes the point map head;
+  pixels outside the image (padding) never become points; then a confidence filter (absolute
+  ``conf_threshold`` and/or ``conf_percentile`` over the scene's pixels) and a seeded subsample to
+  ``max_points``; colours are the model-input pixels the points came from;
+* cameras: extrinsics world-to-camera (OpenCV), intrinsics converted from the model input to the
+  original image's pixels (``original_intrinsics``).
+
+Failures of one scene (memory estimate over budget, CUDA out of memory, ...) become an error row
+(stage ``reconstruct``); the actor carries on with the next scene.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+
+from models.errors import InputError
+from models.vggt import MergeConfig, VGGTModelConfig, create_vggt
+from models.vggt.geometry import (
+    confidence_mask,
+    pose_encoding_to_extri_intri,
+    unproject_depth_map_to_point_map,
+)
+
+__all__ = [
+    "SceneReconstructor",
+    "chunk_alignment",
+    "original_intrinsics",
+    "split_chunks",
+]
+
+log = logging.getLogger(__name__)
+
+# The camera head's field of view passes a ReLU, so it can be 0 (an infinite focal length) or
+# near 180 degrees for untrained or confused weights; clamped to this range (radians), counted in
+# the scene's statistics, so cameras and exports stay finite.
+FOV_RANGE = (1e-3, 3.0)
+
+
+def split_chunks(n: int, max_views: int) -> list[np.ndarray]:
+    """View indices of the model calls for ``n`` views: one call when they fit, else chunks of at
+    most ``max_views`` views that all start with view 0 (the anchor)."""
+    if max_views <= 0 or n <= max_views:
+        return [np.arange(n)]
+    if max_views < 2:
+        raise InputError("views.policy=split needs views.max_views >= 2 (each chunk repeats the anchor view)")
+    rest = np.arange(1, n)
+    return [np.concatenate([[0], part]) for part in np.array_split(rest, -(-len(rest) // (max_views - 1)))]
+
+
+def chunk_alignment(ref_extrinsic: np.ndarray, ref_depth: np.ndarray, extrinsic: np.ndarray,
+                    depth: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (s, R, t) mapping a chunk's world into the reference chunk's, x -> s R x + t, from
+    the anchor view's pose and depth in both: s = median(ref_depth / depth) over valid pixels, and
+    the anchor camera coincides after the map."""
+    ratio = ref_depth[valid] / depth[valid]
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    s = float(np.median(ratio)) if len(ratio) else 1.0
+    Ra, ta = ref_extrinsic[:, :3], ref_extrinsic[:, 3]
+    Rk, tk = extrinsic[:, :3], extrinsic[:, 3]
+    # The anchor's camera coordinates agree: s (Rk x + tk) = Ra y + ta, so y = s Ra^T Rk x + Ra^T (s tk - ta).
+    R = Ra.T @ Rk
+    return s, R, Ra.T @ (s * tk - ta)
+
+
+def _apply_to_extrinsics(s: float, R: np.ndarray, t: np.ndarray, extrinsic: np.ndarray) -> np.ndarray:
+    """World-to-camera of the chunk frame -> of the reference frame: R_c' = R_c R^T, t_c' = s t_c - R_c' t."""
+    Rc = extrinsic[..., :3] @ R.T
+    tc = s * extrinsic[..., 3] - np.einsum("...ij,j->...i", Rc, t)
+    return np.concatenate([Rc, tc[..., None]], axis=-1)
+
+
+def original_intrinsics(K: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray) -> np.ndarray:
+    """Intrinsics (V, 3, 3) of the model input -> of the original images. The preprocessing maps an
+    original pixel centre x to (x + 0.5) * scale - 0.5 + offset in the model input (resampling
+    keeps pixel areas aligned), which the inverse below undoes exactly for f and c."""
+    K = np.asarray(K, np.float64).copy()
+    sx, sy = scale_xy[:, 0], scale_xy[:, 1]
+    ox, oy = offset_xy[:, 0], offset_xy[:, 1]
+    out = np.zeros_like(K)
+    out[:, 0, 0] = K[:, 0, 0] / sx
+    out[:, 1, 1] = K[:, 1, 1] / sy
+    out[:, 0, 1] = K[:, 0, 1] / sx
+    out[:, 0, 2] = (K[:, 0, 2] - ox + 0.5) / sx - 0.5
+    out[:, 1, 2] = (K[:, 1, 2] - oy + 0.5) / sy - 0.5
+    out[:, 2, 2] = 1.0
+    return out
+
+
+def content_mask(shape_hw: tuple[int, int], offset_xy: np.ndarray, content_hw: np.ndarray) -> np.ndarray:
+    """(V, H, W) True where the model input shows the image (not padding)."""
+    H, W = shape_hw
+    rows, cols = np.arange(H), np.arange(W)
+    masks = []
+    for (ox, oy), (ch, cw) in zip(np.asarray(offset_xy, np.int64), np.asarray(content_hw, np.int64)):
+        r = (rows >= oy) & (rows < oy + ch)
+        c = (cols >= ox) & (cols < ox + cw)
+        masks.append(r[:, None] & c[None, :])
+    return np.stack(masks) if masks else np.zeros((0, H, W), bool)
+
+
+def _numpy(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
+    return t.float().cpu().numpy().astype(dtype, copy=False)
+
+
+def _one_line(error: BaseException) -> str:
+    return (" ".join(str(error).split()) or type(error).__name__)[:500]
+
+
+class SceneReconstructor:
+    """Ray Data stage: loaded scene rows -> reconstructed scene rows. Pass the class to
+    ``map_batches(..., batch_size=1, compute=ActorPoolStrategy(...))``."""
+
+    def __init__(self, model: dict, points: dict | None = None, max_views: int = 0, policy: str = "subsample",
+                 device: str = "auto", precision: str = "auto", num_threads: int = 0):
+        if num_threads > 0:
+            torch.set_num_threads(int(num_threads))
+        merge = MergeConfig(**model.get("merge", {}))
+        cfg = VGGTModelConfig(**{**model, "merge": merge})
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = create_vggt(cfg).to(self.device)
+        self.weights_id = self.model.weights_id
+        self.patch = self.model.arch.patch_size
+        if precision == "auto":
+            precision = "fp32" if self.device.type == "cpu" else (
+                "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise InputError(f"precision must be auto, fp32, bf16 or fp16; got {precision!r}")
+        self.precision, self.autocast_dtype = precision, dtypes[precision]
+        p = points or {}
+        self.source = p.get("source", "depth")
+        if self.source not in ("depth", "point_head"):
+            raise InputError(f"points.source must be depth or point_head; got {self.source!r}")
+        self.conf_threshold = p.get("conf_threshold")
+        self.conf_percentile = p.get("conf_percentile")
+        self.max_points = int(p.get("max_points") or 0)
+        self.seed = int(p.get("seed", 0))
+        self.max_views = max_views if policy == "split" else 0
+        self.node_id = _node_id()
+        log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
+                 self.precision)
+
+    # ------------------------------------------------------------------ model calls
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, anchor_valid: np.ndarray | None = None
+                ) -> tuple[dict[str, np.ndarray], int]:
+        """uint8 (S, H, W, 3) -> extrinsic (S, 3, 4), intrinsic (S, 3, 3) of the model input, depth
+        (S, H, W), points (S, H, W, 3) of ``source`` and their confidence (S, H, W), in the frame of
+        view 0 (scenes over the split budget run in anchored chunks, aligned on the ``anchor_valid``
+        pixels of view 0); and the number of views whose field of view was clamped to ``FOV_RANGE``."""
+        x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)  # Ray's arrays are read-only
+        H, W = x.shape[-2:]
+        outputs, clamped = [], 0
+        chunks = split_chunks(len(x), self.max_views)
+        for chunk in chunks:
+            batch = x[torch.from_numpy(chunk)].to(self.device).float().div_(255)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                out = self.model(batch)
+            pose = out["pose_enc"][0].float()
+            fov = pose[:, 7:9]
+            clamped += int(((fov < FOV_RANGE[0]) | (fov > FOV_RANGE[1])).any(-1).sum())
+            pose = torch.cat([pose[:, :7], fov.clamp(*FOV_RANGE)], dim=-1)
+            extrinsic, intrinsic = pose_encoding_to_extri_intri(pose, (H, W))
+            depth = out["depth"][0, ..., 0].float()
+            if self.source == "depth":
+                points = unproject_depth_map_to_point_map(depth, extrinsic, intrinsic)
+                conf = out["depth_conf"][0]
+            else:
+                points, conf = out["world_points"][0], out["world_points_conf"][0]
+            outputs.append({"extrinsic": _numpy(extrinsic, np.float64),
+                            "intrinsic": _numpy(intrinsic, np.float64),
+                            "depth": _numpy(depth), "points": _numpy(points), "conf": _numpy(conf)})
+            del out, batch
+        return self._assemble(outputs, chunks, anchor_valid), clamped
+
+    @staticmethod
+    def _assemble(outputs: list[dict], chunks: list[np.ndarray], anchor_valid: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+        if len(outputs) == 1:
+            return outputs[0]
+        first = outputs[0]
+        merged = {k: [v] for k, v in first.items()}
+        for out in outputs[1:]:
+            valid = np.isfinite(first["depth"][0]) & np.isfinite(out["depth"][0]) & (out["depth"][0] > 0)
+            if anchor_valid is not None:
+                valid &= anchor_valid
+            s, R, t = chunk_alignment(first["extrinsic"][0], first["depth"][0], out["extrinsic"][0],
+                                      out["depth"][0], valid)
+            merged["extrinsic"].append(_apply_to_extrinsics(s, R, t, out["extrinsic"][1:]))
+            merged["intrinsic"].append(out["intrinsic"][1:])
+            merged["depth"].append(s * out["depth"][1:])
+            merged["points"].append((s * out["points"][1:] @ R.T + t).astype(np.float32))
+            merged["conf"].append(out["conf"][1:])
+        order = np.argsort(np.concatenate(chunks[:1] + [c[1:] for c in chunks[1:]]))
+        return {k: np.concatenate(v)[order] for k, v in merged.items()}
+
+    # ------------------------------------------------------------------ one scene
+    def reconstruct(self, images: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray,
+                    content_hw: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        """Cameras (original-image intrinsics) and filtered points of one scene, plus statistics."""
+        started = time.perf_counter()
+        content = content_mask(images.shape[1:3], offset_xy, content_hw)
+        pred, clamped = self.predict(images, content[0])
+        seconds = time.perf_counter() - started
+        if clamped:
+            log.warning("%d view(s) had a degenerate field of view, clamped to %s rad (untrained weights?)",
+                        clamped, FOV_RANGE)
+        S, H, W = pred["depth"].shape
+        valid = content & np.isfinite(pred["points"]).all(-1)
+        conf = np.where(valid, pred["conf"], np.nan).astype(np.float32)
+        keep = confidence_mask(torch.from_numpy(conf), self.conf_threshold, self.conf_percentile).numpy()
+        idx = np.flatnonzero(keep.reshape(-1))
+        candidates = len(idx)
+        if self.max_points and len(idx) > self.max_points:
+            idx = np.sort(np.random.default_rng(self.seed).choice(idx, self.max_points, replace=False))
+        result = {
+            "extrinsic": pred["extrinsic"],
+            "intrinsic": original_intrinsics(pred["intrinsic"], scale_xy, offset_xy),
+            "xyz": pred["points"].reshape(-1, 3)[idx],
+            "rgb": images.reshape(-1, 3)[idx],
+            "confidence": pred["conf"].reshape(-1)[idx],
+            "point_frame": (idx // (H * W)).astype(np.int32),  # view position; mapped to frame_idx below
+        }
+        stats = {"views": S, "points_valid": int(valid.sum()), "points_confident": candidates,
+                 "points": len(idx), "model_seconds": round(seconds, 3), "model_hw": [H, W],
+                 "chunks": len(split_chunks(S, self.max_views)), "clamped_fov_views": clamped,
+                 "device": str(self.device),
+                 "precision": self.precision, "weights_id": self.weights_id}
+        return result, stats
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(batch["scene"]) != 1:
+            raise ValueError("SceneReconstructor takes one scene per batch (map_batches(batch_size=1))")
+        scene = str(batch["scene"][0])
+        errors = json.loads(str(batch["errors"][0]))
+        images = np.asarray(batch["images"][0])
+        frame_idx = np.asarray(batch["frame_idx"][0], np.int64)
+        image_path = json.loads(str(batch["image_path"][0]))
+        orig_hw = np.asarray(batch["orig_hw"][0], np.int64).reshape(-1, 2)
+        status = "ok"
+        result = {"extrinsic": np.zeros((0, 3, 4)), "intrinsic": np.zeros((0, 3, 3)),
+                  "xyz": np.zeros((0, 3), np.float32), "rgb": np.zeros((0, 3), np.uint8),
+                  "confidence": np.zeros(0, np.float32), "point_frame": np.zeros(0, np.int32)}
+        stats: dict = {"views": 0, "points": 0, "weights_id": self.weights_id}
+        if len(images) == 0:
+            status = "failed"
+            if not any(e.get("image_path") == "" for e in errors):  # no scene-level reason given yet
+                message = ("no image of the scene could be used (see its other errors)" if errors
+                           else "the scene has no images")
+                errors.append({"scene": scene, "image_path": "", "stage": "load",
+                               "error_type": "NoUsableImages", "message": message})
+        else:
+            try:
+                result, stats = self.reconstruct(
+                    images, np.asarray(batch["scale_xy"][0], np.float64).reshape(-1, 2),
+                    np.asarray(batch["offset_xy"][0], np.float64).reshape(-1, 2),
+                    np.asarray(batch["content_hw"][0], np.int64).reshape(-1, 2))
+            except (InputError, torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+                if isinstance(e, torch.cuda.OutOfMemoryError):
+                    torch.cuda.empty_cache()
+                log.warning("scene %s failed: %s", scene, e)
+                status = "failed"
+                errors.append({"scene": scene, "image_path": "", "stage": "reconstruct",
+                               "error_type": type(e).__name__, "message": _one_line(e)})
+        views = len(result["extrinsic"])
+        stats["skipped_views"] = int(batch["skipped"][0]) if "skipped" in batch else 0
+        return {
+            "scene": np.asarray([scene], dtype=object),
+            "status": np.asarray([status], dtype=object),
+            "frame_idx": frame_idx[None, :views],
+            "image_path": np.asarray([json.dumps(image_path[:views])], dtype=object),
+            "width": orig_hw[None, :views, 1],
+            "height": orig_hw[None, :views, 0],
+            "extrinsic": result["extrinsic"][None],
+            "intrinsic": result["intrinsic"][None],
+            "xyz": result["xyz"][None],
+            "rgb": result["rgb"][None],
+            "confidence": result["confidence"][None],
+            "point_frame": frame_idx[result["point_frame"]].astype(np.int32)[None] if views
+            else np.zeros((1, 0), np.int32),
+            "errors": np.asarray([json.dumps(errors)], dtype=object),
+            "stats": np.asarray([json.dumps(stats)], dtype=object),
+            "load_node": np.asarray(batch.get("load_node", [""]), dtype=object),
+            "model_node": np.asarray([self.node_id], dtype=object),
+        }
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - outside Ray
+        return ""
