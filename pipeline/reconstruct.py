@@ -35,7 +35,6 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ from pipeline.recon_store import (
     points_table,
     scene_key,
 )
-from pipeline.store import remove_stale_temporaries
+from pipeline.store import remove_stale_temporaries, tomeray_version, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -323,19 +322,6 @@ class ReconSummary:
         return 1 if self.failed or self.failures else 0
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("tomeray")
-    except Exception:  # noqa: BLE001 - a source tree without metadata
-        return "unknown"
-
-
 # -------------------------------------------------------------------------------------------- writing
 
 
@@ -429,7 +415,7 @@ class _SceneWriter:
             points_table(pts.xyz, pts.rgb, pts.confidence, pts.frame_idx), errors)
         exports = write_exports(self.layout, scene, self.cfg.export, cams, pts, self.specs[scene])
         spec = self.specs[scene]
-        record = {**stats, "image_errors": len(errors), "exports": exports, "finished": _now(),
+        record = {**stats, "image_errors": len(errors), "exports": exports, "finished": utc_now(),
                   "source": spec.get("video") or spec.get("root")}
         self.layout.write_record(scene, record)  # last: the scene is finished
         self.records[scene] = record
@@ -506,7 +492,7 @@ def _open_output(layout: ReconLayout, pinned: dict) -> dict:
         raise InputError(f"'{layout.root}' holds finished scenes but no manifest.json, so their settings are "
                          "unknown; move them away or use a new --out directory")
     manifest = {"schema_version": SCHEMA_VERSION, "settings": pinned,
-                "weights_id": pinned["model"]["weights_id"], "created": _now(), "complete": False}
+                "weights_id": pinned["model"]["weights_id"], "created": utc_now(), "complete": False}
     layout.write_manifest(manifest)
     return manifest
 
@@ -521,7 +507,7 @@ def _finish(layout: ReconLayout, manifest: dict, cfg: ReconConfig) -> dict:
             layout.write_record(scene, {**record, "exports": exports})
     cameras, errors = layout.consolidate()
     failed = {str(s) for s in layout.read_errors()["scene"].to_pylist() if s} - set(finished)
-    manifest = {**manifest, "complete": True, "updated": _now(), "tomeray_version": _version(),
+    manifest = {**manifest, "complete": True, "updated": utc_now(), "tomeray_version": tomeray_version(),
                 "counts": {"scenes": len(finished), "failed_scenes": len(failed), "views": cameras,
                            "points": int(sum(r.get("points", 0) for r in finished.values())),
                            "errors": errors}}

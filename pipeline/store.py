@@ -63,3 +63,20 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def utc_now() -> str:
+    """A manifest timestamp: UTC, ISO 8601, to the second."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def tomeray_version() -> str:
+    """The installed tomeray version, recorded in manifests ("unknown" in a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tomeray")
+    except PackageNotFoundError:
+        return "unknown"

@@ -32,7 +32,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,7 @@ from pipeline.index_layout import (
     new_run_id,
     stable_id,
 )
-from pipeline.store import atomic_write_json, remove_stale_temporaries
+from pipeline.store import atomic_write_json, remove_stale_temporaries, tomeray_version, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +183,6 @@ def _check_same(a: dict, b: dict, what_a: str, what_b: str) -> None:
             "use the same model/sampling settings or a new --out directory")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("tomeray")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
-        return "unknown"
-
-
 def _open_index(layout: IndexLayout, header: dict, what: str) -> dict:
     """The index's manifest, created (pinning the model before any shard exists) when new."""
     if layout.exists():
@@ -207,7 +193,7 @@ def _open_index(layout: IndexLayout, header: dict, what: str) -> dict:
         raise InputError(f"'{layout.root}' holds embedding shards but no manifest.json, so the model that "
                          "made them is unknown; move them away or use a new --out directory")
     manifest = {**header, "faiss_factory": None, "counts": {"rows": 0, "videos": 0, "errors": 0},
-                "created": _now(), "updated": _now(), "tomeray_version": _version()}
+                "created": utc_now(), "updated": utc_now(), "tomeray_version": tomeray_version()}
     layout.write_manifest(manifest)
     return manifest
 
@@ -252,7 +238,7 @@ def _finish(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, build_f
     manifest = {**manifest, "faiss_factory": factory, "faiss_spec": faiss_cfg.factory,
                 "counts": {"rows": table.num_rows, "videos": len(set(table["path"].to_pylist())),
                            "errors": errors.num_rows},
-                "updated": _now(), "tomeray_version": _version()}
+                "updated": utc_now(), "tomeray_version": tomeray_version()}
     layout.write_manifest(manifest)
     return manifest
 
