@@ -38,7 +38,9 @@ SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-
 
 def load_batch(folder: Path, num_frames: int, image_size: int, mean, std, batch: int = 4) -> torch.Tensor:
     """(batch, T, 3, S, S) normalised frames: one clip per sample video, repeated cyclically."""
-    import decord
+    from operators.video_decode import load_decord
+
+    decord = load_decord()
 
     clips = []
     for name in VIDEOS:

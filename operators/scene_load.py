@@ -191,9 +191,9 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
                       max_frames: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """(frame numbers, RGB uint8 frames) sampled by ``video_frame_indices``; when ``max_frames`` > 0
     only that many of them, evenly spaced (the view budget), are decoded."""
-    import decord
+    from operators.video_decode import container_truncation, load_decord
 
-    from operators.video_decode import container_truncation
+    decord = load_decord()
 
     path = os.fspath(path)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:

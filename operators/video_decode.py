@@ -227,9 +227,19 @@ def decode_clips(
         damaged(log)
 
 
+def load_decord():
+    """The decord module, imported only after OpenCV. decord's bundled FFmpeg brings its own zlib;
+    loaded first, it breaks OpenCV's PNG decoding for the rest of the process ("libpng error: bad
+    parameters to zlib"), which would fail image loading in any Ray worker that decoded a video."""
+    import cv2  # noqa: F401 - must be loaded before decord
+    import decord
+
+    return decord
+
+
 def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | None,
             segment_s: float | None, num_threads: int) -> Iterator[Clip]:
-    import decord
+    decord = load_decord()
 
     try:
         probe = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2  # noqa: F401 - before any test module imports decord (see operators.video_decode.load_decord)
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,6 +4,7 @@ damaged files, huge images), view selection, mixed sizes, video frames, and the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -186,3 +187,25 @@ def test_scene_loader_row_carries_views_and_errors_as_the_ray_stage_does(opencv_
     assert row["orig_hw"].tolist() == [[[480, 640]]]
     errors = json.loads(row["errors"][0])
     assert [e["image_path"] for e in errors] == [str(tmp_path / "bad.jpg")]
+
+
+def test_png_images_still_decode_after_a_video_was_decoded(tmp_path, opencv_data):
+    """A worker that decoded a video (decord loaded) must still read PNG images: in a fresh process,
+    decode a video first, then read a PNG."""
+    import subprocess
+    import sys
+
+    png = tmp_path / "gray.png"
+    code = (
+        "import sys\n"
+        "from operators.video_decode import decode_clips\n"
+        "from operators.scene_load import read_image\n"
+        f"clip = next(iter(decode_clips({str(opencv_data / 'tree.avi')!r}, num_frames=2)))\n"
+        "import cv2, numpy as np\n"
+        f"cv2.imwrite({str(png)!r}, np.arange(64 * 48, dtype=np.uint8).reshape(48, 64))\n"
+        f"print(read_image({str(png)!r}).shape)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("(48, 64, 3)")
