@@ -149,3 +149,20 @@ class RayHead:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def kill_driver_when(cmd: list[str], env: dict, ready, what: str, timeout: float = 300) -> None:
+    """Start a job driver, SIGKILL it as soon as ``ready()`` is true (mid-run), and reap it.
+    ``what`` names the awaited event in failure messages."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the job ended before {what}"
+            assert time.time() < deadline, f"no {what} after {timeout:.0f} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

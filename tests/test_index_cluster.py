@@ -4,17 +4,15 @@ work spread over both raylets, and resume after the driver is killed with SIGKIL
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from media import write_video
-from ray_cluster import REPO, RayHead
+from ray_cluster import REPO, RayHead, kill_driver_when
 
 from pipeline.index_layout import IndexLayout, id_key, stable_id
 
@@ -80,19 +78,8 @@ def test_resume_after_the_driver_is_killed(cluster, corpus, tmp_path):
     # One row per shard and per embed batch, so shards appear while the run is far from done.
     cmd = [sys.executable, "-m", "jobs.index_videos", str(corpus), "--out", str(out), *FAST,
            "output.shard_rows=1", "ray.batch_size=1", "ray.embed_actors=1"]
-    proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=REPO)
-    try:
-        deadline = time.time() + 300
-        while not list((out / "embeddings").glob("part-*.parquet")):
-            assert proc.poll() is None, "the job ended before writing a shard"
-            assert time.time() < deadline, "no shard after 300 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_driver_when(cmd, cluster.env, lambda: any((out / "embeddings").glob("part-*.parquet")),
+                     "writing a shard")
     layout = IndexLayout(out)
     before = layout.read_embeddings()
     assert 0 < before.num_rows < 10, "the kill did not land mid-run"

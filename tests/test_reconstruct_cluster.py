@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from ray_cluster import REPO, RayHead
+from ray_cluster import REPO, RayHead, kill_driver_when
 
 from pipeline.recon_store import ReconLayout, load_scene
 
@@ -66,19 +64,7 @@ def test_resume_after_the_driver_is_killed(cluster, scenes, tmp_path):
     out = tmp_path / "recon"
     cmd = [sys.executable, "-m", "jobs.reconstruct_scenes", str(scenes), "--out", str(out), *FAST,
            "ray.load_concurrency=1"]
-    proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=REPO)
-    try:
-        deadline = time.time() + 300
-        while not list((out / "scenes").glob("*.json")):
-            assert proc.poll() is None, "the job ended before finishing a scene"
-            assert time.time() < deadline, "no scene finished after 300 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_driver_when(cmd, cluster.env, lambda: any((out / "scenes").glob("*.json")), "finishing a scene")
     layout = ReconLayout(out)
     before = layout.finished_scenes()
     assert 0 < len(before) < len(PAIRS), "the kill did not land mid-run"
