@@ -28,6 +28,22 @@ def opencv_data() -> Path:
     return OPENCV_DATA
 
 
+@pytest.fixture(scope="module")
+def tempme_tower(fixtures_dir):
+    """The TempMe fixture's tiny open_clip tower (width 64, 12 layers, 4 heads, patch 32, 224 px,
+    QuickGELU) with the fixture weights. TempMe's LoRA (B = 0) and temporal position embeddings
+    (= 0) are exact no-ops when untrained, so they are left out."""
+    from open_clip.model import QuickGELU
+    from open_clip.transformer import VisionTransformer
+    from safetensors.torch import load_file
+
+    state = load_file(fixtures_dir / "tempme_tiny_visual_state_dict.safetensors")
+    tower = VisionTransformer(image_size=224, patch_size=32, width=64, layers=12, heads=4, mlp_ratio=4.0,
+                              output_dim=32, act_layer=QuickGELU)
+    tower.load_state_dict({k: v for k, v in state.items() if "TVPt_" not in k}, strict=True)
+    return tower.eval()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray cluster for the whole test session (2 CPUs, like CI)."""

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from open_clip.model import QuickGELU
 from open_clip.transformer import VisionTransformer
-from safetensors.torch import load_file
 
 from models.errors import ConfigError, InputError
 from models.frames import preprocess_frames, sample_frame_indices
@@ -23,13 +21,8 @@ TOL = dict(atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
-def tower(fixtures_dir) -> VisionTransformer:
-    """The TempMe fixture's tiny open_clip tower (width 64, 12 layers, patch 32, 224 px)."""
-    state = load_file(fixtures_dir / "tempme_tiny_visual_state_dict.safetensors")
-    tower = VisionTransformer(image_size=224, patch_size=32, width=64, layers=12, heads=4, mlp_ratio=4.0,
-                              output_dim=32, act_layer=QuickGELU)
-    tower.load_state_dict({k: v for k, v in state.items() if "TVPt_" not in k}, strict=True)
-    return tower.eval()
+def tower(tempme_tower) -> VisionTransformer:
+    return tempme_tower
 
 
 def decode(path, sample_fps=None, num_frames=12) -> torch.Tensor:

@@ -6,8 +6,6 @@ import decord
 import numpy as np
 import pytest
 import torch
-from open_clip.model import QuickGELU
-from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file
 
 from models.frames import (
@@ -23,16 +21,6 @@ from models.tempme import TempMeEncoder
 TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-def tiny_tower(fixtures_dir) -> VisionTransformer:
-    """The fixture's open_clip tower: width 64, 12 layers, 4 heads, patch 32, 224 px, QuickGELU."""
-    state = load_file(fixtures_dir / "tempme_tiny_visual_state_dict.safetensors")
-    tower = VisionTransformer(image_size=224, patch_size=32, width=64, layers=12, heads=4, mlp_ratio=4.0,
-                              output_dim=32, act_layer=QuickGELU)
-    # TempMe's LoRA (B = 0) and temporal position embeddings (= 0) are exactly no-ops when untrained
-    tower.load_state_dict({k: v for k, v in state.items() if "TVPt_" not in k}, strict=True)
-    return tower.eval()
-
-
 @pytest.fixture(scope="module")
 def io(fixtures_dir):
     return load_file(fixtures_dir / "tempme_tiny_io.safetensors")
@@ -44,8 +32,8 @@ def frames(io):
 
 
 @pytest.fixture(scope="module")
-def tower(fixtures_dir):
-    return tiny_tower(fixtures_dir)
+def tower(tempme_tower):
+    return tempme_tower
 
 
 def test_tempme_parity_embeddings_and_tokens(tower, frames, io):
