@@ -1,1 +1,2 @@
-"""Entry points for ``python -m jobs.X`` and ``ray job submit -- python -m jobs.X``, and benchmarks."""
+"""Entry points for ``python -m tomeray.jobs.X`` and ``ray job submit -- python -m tomeray.jobs.X``,
+and the benchmarks ``tomeray.jobs.bench_*``."""

@@ -1,6 +1,6 @@
 """FAISS presets vs exact Flat search: build time, query latency, recall@10.
 
-    python -m jobs.bench_faiss --n 200000 --dim 512 --queries 1000 --json faiss.json
+    python -m tomeray.jobs.bench_faiss --n 200000 --dim 512 --queries 1000 --json faiss.json
 
 Two datasets, both reported: ``uniform`` (random unit vectors, the worst case for IVF and HNSW as
 there is no cluster structure to exploit) and ``clustered`` (a Gaussian mixture on the sphere,
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
-from pipeline.faiss_index import build_index, resolve_factory, search_index
+from tomeray.pipeline.faiss_index import build_index, resolve_factory, search_index
 
 DATASETS = ("uniform", "clustered")
 PRESETS = ("ivf", "hnsw", "ivfpq")

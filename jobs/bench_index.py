@@ -1,6 +1,6 @@
 """Indexing throughput: each stage alone vs the streaming pipeline, on the same videos in one run.
 
-    python -m jobs.bench_index [--videos 48] [--arch ViT-B-32] [--json PATH]
+    python -m tomeray.jobs.bench_index [--videos 48] [--arch ViT-B-32] [--json PATH]
 
 Inputs: copies of the opencv-doc sample videos (vtest.avi, Megamind.avi, tree.avi, cycled), so
 every copy has its own path and id. Weights: random init (``pretrained=none``, said in the
@@ -19,7 +19,7 @@ Rows (one per measurement, all on the same inputs):
   slowest stage alone. ``*_steady`` repeat both with the marginal rate of the job (a second run on
   a third of the videos; the difference cancels the fixed start-up of actors and models), which
   is what a long job converges to; ``startup_s`` is that fixed cost.
-* ``faiss``: rows of ``jobs.bench_faiss`` (Flat vs presets) at the model's dimension.
+* ``faiss``: rows of ``tomeray.jobs.bench_faiss`` (Flat vs presets) at the model's dimension.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.config import load_config
-from pipeline.store import atomic_write_json
-from pipeline.video_index import IndexConfig, _plan_embedding, run_index
+from tomeray.pipeline.config import load_config
+from tomeray.pipeline.store import atomic_write_json
+from tomeray.pipeline.video_index import IndexConfig, _plan_embedding, run_index
 
 SOURCES = ("vtest.avi", "Megamind.avi", "tree.avi")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
@@ -59,9 +58,8 @@ def profile_stages(paths: list[str], cfg: IndexConfig) -> dict:
     """Process CPU seconds per video of decoding and of embedding, one thread each, in-process;
     embedding runs in batches of the job's batch size, as the actors do."""
     import torch
-
-    from operators.video_decode import decode_clips
-    from operators.video_embed import VideoEmbedder
+    from tomeray.operators.video_decode import decode_clips
+    from tomeray.operators.video_embed import VideoEmbedder
 
     torch.set_num_threads(1)
     embedder = VideoEmbedder(dataclasses.asdict(cfg.model), num_threads=1)
@@ -99,9 +97,8 @@ def _timed(batches) -> tuple[int, float, float, float]:
 def stage_alone(paths: list[str], cfg: IndexConfig, image_size: int) -> tuple[dict, dict]:
     """Decode tasks alone, then the embed actor pool alone over the already decoded clips."""
     import ray
-
-    from operators.video_decode import VideoDecoder
-    from operators.video_embed import VideoEmbedder
+    from tomeray.operators.video_decode import VideoDecoder
+    from tomeray.operators.video_embed import VideoEmbedder
 
     items = [{"path": p, "key": p, "video_id": i} for i, p in enumerate(paths)]
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -118,7 +115,8 @@ def stage_alone(paths: list[str], cfg: IndexConfig, image_size: int) -> tuple[di
 
     clips = decoded.materialize()  # decoded once more, kept in the object store for the embed stage
     plan = _plan_embedding(cfg.ray)
-    model = {"model": dataclasses.asdict(cfg.model), "num_threads": plan["threads"]}
+    model = {"model": dataclasses.asdict(cfg.model), "num_threads": plan["threads"],
+             **dataclasses.asdict(cfg.inference)}
     embedded = clips.map_batches(
         VideoEmbedder, fn_constructor_kwargs=model, batch_size=plan["batch_size"],
         compute=ray.data.ActorPoolStrategy(size=plan["actors"]), num_cpus=plan["num_cpus"],
@@ -169,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import ray
-
-    from pipeline.ray_session import init_ray
+    from tomeray.pipeline.ray_session import init_ray
 
     overrides = [f"model.arch={args.arch}", f"model.preset={args.preset}", "model.pretrained=none",
                  "output.progress=false", *args.overrides]
@@ -219,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
               f"overlap {p['overlap_ratio_steady']:.2f}, efficiency {p['efficiency_steady']:.2f} "
               f"(fixed start-up {startup_s:.1f} s, from a second run on {small['videos']} videos)")
         if args.faiss_n:
-            from jobs.bench_faiss import format_table as faiss_table
-            from jobs.bench_faiss import run_faiss_bench
+            from tomeray.jobs.bench_faiss import format_table as faiss_table
+            from tomeray.jobs.bench_faiss import run_faiss_bench
 
             faiss_rows = run_faiss_bench(args.faiss_n, profile["embed_dim"], 200, datasets=("clustered",),
                                          sweep=False)

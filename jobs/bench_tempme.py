@@ -11,7 +11,7 @@ Per preset: tokens per video after the last layer, GFLOPs per video
 formula), median wall time of one batch, mean cosine of the video embeddings to ``none``, and
 ``gflops_ratio`` / ``speedup`` relative to ``none`` measured in the same run.
 
-    python -m jobs.bench_tempme [--arch ViT-B-32] [--pretrained none] [--repeats 5] [--threads 1] \
+    python -m tomeray.jobs.bench_tempme [--arch ViT-B-32] [--pretrained none] [--repeats 5] [--threads 1] \
         [--json PATH]
 """
 
@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import torch
+from tomeray.models.clip import load_clip
+from tomeray.models.frames import preprocess_frames, sample_frame_indices
+from tomeray.models.tempme import PRESETS, TempMeEncoder
+from tomeray.pipeline.store import atomic_write_json
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
-
-from models.clip import load_clip
-from models.frames import preprocess_frames, sample_frame_indices
-from models.tempme import PRESETS, TempMeEncoder
-from pipeline.store import atomic_write_json
 
 VIDEOS = ("vtest.avi", "Megamind.avi", "tree.avi")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
@@ -38,7 +37,7 @@ SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-
 
 def load_batch(folder: Path, num_frames: int, image_size: int, mean, std, batch: int = 4) -> torch.Tensor:
     """(batch, T, 3, S, S) normalised frames: one clip per sample video, repeated cyclically."""
-    from operators.video_decode import load_decord
+    from tomeray.operators.video_decode import load_decord
 
     decord = load_decord()
 

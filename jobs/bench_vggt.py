@@ -8,7 +8,8 @@ the depth and world-point maps that the DPT heads compute from the two aggregato
 
 Defaults fit a 2-core CPU in a few minutes: ``vggt-narrow`` (the 1B layout at width 64, random
 weights), frames of opencv-doc's vtest.avi at 140 px wide (112 x 140, 85 tokens per view).
-On a GPU, e.g.:  python -m jobs.bench_vggt --arch vggt-1b --device cuda --width 518 --views 100,200,500,1000
+On a GPU, e.g.:
+    python -m tomeray.jobs.bench_vggt --arch vggt-1b --device cuda --width 518 --views 100,200,500,1000
 
 Memory: CPU = peak resident set size (getrusage ru_maxrss) minus the RSS just before the call;
 CUDA = torch.cuda.max_memory_allocated minus the allocation just before the call.
@@ -29,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from models.errors import TomerayError
-from models.vggt import MergeConfig, VGGTModelConfig, create_vggt, list_archs
-from models.vggt.preprocess import preprocess_images
+from tomeray.models.errors import TomerayError
+from tomeray.models.vggt import MergeConfig, VGGTModelConfig, create_vggt, list_archs
+from tomeray.models.vggt.preprocess import preprocess_images
 
 DEFAULT_VIDEO = (
     Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data")) / "vtest.avi"

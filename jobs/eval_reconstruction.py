@@ -1,6 +1,6 @@
 """Evaluate a reconstruction against reference cameras and / or a reference point cloud.
 
-    python -m jobs.eval_reconstruction --pred recon --scene kitchen \\
+    python -m tomeray.jobs.eval_reconstruction --pred recon --scene kitchen \\
         --ref-cameras gt/kitchen/sparse/0 --ref-points gt/kitchen.ply --json eval.json
 
 ``--pred``: a ``tomeray reconstruct`` output directory (with ``--scene`` when it holds several), a
@@ -18,13 +18,14 @@ import argparse
 import math
 import sys
 
-from models.errors import TomerayError
-from pipeline.evaluation import evaluate
-from pipeline.store import atomic_write_json
+from tomeray.models.errors import TomerayError
+from tomeray.pipeline.evaluation import evaluate
+from tomeray.pipeline.store import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.eval_reconstruction", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tomeray.jobs.eval_reconstruction",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--pred", required=True,
                    help="reconstruction output dir, COLMAP text model or cameras .parquet")
     p.add_argument("--scene", default=None,

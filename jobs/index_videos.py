@@ -1,5 +1,5 @@
-"""The video indexing job as a module, for ``python -m jobs.index_videos`` and
-``ray job submit -- python -m jobs.index_videos <inputs...> --out <index_dir> [key=value ...]``.
+"""The video indexing job as a module, for ``python -m tomeray.jobs.index_videos`` and
+``ray job submit -- python -m tomeray.jobs.index_videos <inputs...> --out <index_dir> [key=value ...]``.
 
 Same arguments and exit status as ``tomeray index`` (see :mod:`pipeline.video_index`). Under
 ``ray job submit`` the driver joins the submitting cluster through ``RAY_ADDRESS``; the output
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.video_index import main as index_main
+from tomeray.pipeline.video_index import main as index_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The scene reconstruction job as a module, for ``python -m jobs.reconstruct_scenes`` and
-``ray job submit -- python -m jobs.reconstruct_scenes <scenes...> --out <dir> [key=value ...]``.
+"""The scene reconstruction job as a module, for ``python -m tomeray.jobs.reconstruct_scenes`` and
+``ray job submit -- python -m tomeray.jobs.reconstruct_scenes <scenes...> --out <dir> [key=value ...]``.
 
 Same arguments and exit status as ``tomeray reconstruct`` (see :mod:`pipeline.reconstruct`). Under
 ``ray job submit`` the driver joins the submitting cluster through ``RAY_ADDRESS`` and writes every
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.reconstruct import main as reconstruct_main
+from tomeray.pipeline.reconstruct import main as reconstruct_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,6 @@
 Nothing in this package imports Ray or reads/writes tomeray's file formats.
 """
 
-from models.errors import ConfigError, InputError, TomerayError, WeightsError
+from tomeray.models.errors import ConfigError, InputError, TomerayError, WeightsError
 
 __all__ = ["ConfigError", "InputError", "TomerayError", "WeightsError"]

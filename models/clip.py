@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tomeray.models.errors import ConfigError, InputError, WeightsError
 from torch import nn
-
-from models.errors import ConfigError, InputError, WeightsError
 
 __all__ = ["ClipTextEncoder", "LoadedClip", "RANDOM_INIT", "load_clip"]
 

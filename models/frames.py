@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
-
-from models.errors import InputError
+from tomeray.models.errors import InputError
 
 __all__ = [
     "CLIP_MEAN",

@@ -22,8 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-
-from models.errors import InputError
+from tomeray.models.errors import InputError
 
 __all__ = [
     "Merge",

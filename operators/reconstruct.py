@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 import torch
-
-from models.errors import InputError
-from models.vggt import MergeConfig, VGGTModelConfig, create_vggt
-from models.vggt.geometry import (
+from tomeray.models.device import autocast, resolve_device, resolve_precision
+from tomeray.models.errors import InputError
+from tomeray.models.vggt import MergeConfig, VGGTModelConfig, create_vggt
+from tomeray.models.vggt.geometry import (
     confidence_mask,
     pose_encoding_to_extri_intri,
     unproject_depth_map_to_point_map,
@@ -132,19 +132,11 @@ class SceneReconstructor:
             torch.set_num_threads(int(num_threads))
         merge = MergeConfig(**model.get("merge", {}))
         cfg = VGGTModelConfig(**{**model, "merge": merge})
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = create_vggt(cfg).to(self.device)
         self.weights_id = self.model.weights_id
         self.patch = self.model.arch.patch_size
-        if precision == "auto":
-            precision = "fp32" if self.device.type == "cpu" else (
-                "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if precision not in dtypes:
-            raise InputError(f"precision must be auto, fp32, bf16 or fp16; got {precision!r}")
-        self.precision, self.autocast_dtype = precision, dtypes[precision]
+        self.precision = resolve_precision(precision, self.device)
         p = points or {}
         self.source = p.get("source", "depth")
         if self.source not in ("depth", "point_head"):
@@ -172,8 +164,7 @@ class SceneReconstructor:
         chunks = split_chunks(len(x), self.max_views)
         for chunk in chunks:
             batch = x[torch.from_numpy(chunk)].to(self.device).float().div_(255)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
+            with autocast(self.device, self.precision):
                 out = self.model(batch)
             pose = out["pose_enc"][0].float()
             fov = pose[:, 7:9]

@@ -32,8 +32,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from models.errors import InputError
+from tomeray.models.errors import InputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -191,7 +190,7 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
                       max_frames: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """(frame numbers, RGB uint8 frames) sampled by ``video_frame_indices``; when ``max_frames`` > 0
     only that many of them, evenly spaced (the view budget), are decoded."""
-    from operators.video_decode import container_truncation, load_decord
+    from tomeray.operators.video_decode import container_truncation, load_decord
 
     decord = load_decord()
 
@@ -265,8 +264,7 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
     ``frame_idx``, ``image_path``, ``orig_hw``, ``scale_xy``, ``offset_xy``, ``content_hw``; plus
     ``errors`` (rows for the errors table) and ``skipped`` (candidates beyond the view budget)."""
     import torch
-
-    from models.vggt.preprocess import preprocess_images
+    from tomeray.models.vggt.preprocess import preprocess_images
 
     scene = spec["scene"]
     errors: list[dict] = []

@@ -15,8 +15,7 @@ import logging
 
 import numpy as np
 import torch
-
-from models.tempme import VideoModelConfig, create_video_encoder
+from tomeray.models.tempme import VideoModelConfig, create_video_encoder
 
 __all__ = ["TextEmbedder"]
 
@@ -26,11 +25,12 @@ log = logging.getLogger(__name__)
 class TextEmbedder:
     """Ray Data stage: rows with a text column -> the same rows plus ``embedding``."""
 
-    def __init__(self, model: VideoModelConfig | dict, text_column: str = "query", num_threads: int = 0):
+    def __init__(self, model: VideoModelConfig | dict, text_column: str = "query", num_threads: int = 0,
+                 device: str = "auto", precision: str = "auto"):
         if num_threads > 0:
             torch.set_num_threads(int(num_threads))  # share a CPU node with the other actors
         cfg = model if isinstance(model, VideoModelConfig) else VideoModelConfig(**model)
-        self.encoder = create_video_encoder(cfg)
+        self.encoder = create_video_encoder(cfg, device=device, precision=precision)
         self.text_column = text_column
         log.info("text embedder ready: %s on %s (%s)", cfg.arch, self.encoder.device, self.encoder.weights_id)
 

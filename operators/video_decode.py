@@ -36,9 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-from models.errors import InputError
-from models.frames import center_crop, resized_hw, sample_frame_indices
+from tomeray.models.errors import InputError
+from tomeray.models.frames import center_crop, resized_hw, sample_frame_indices
 
 __all__ = [
     "Clip",
@@ -329,7 +328,7 @@ class VideoDecoder:
 
     def rows(self, path: str, key: str, video_id: int) -> Iterator[dict]:
         """Output rows of one video: one per clip, or a single error row."""
-        from pipeline.index_layout import stable_id  # ids are defined by the index layout
+        from tomeray.pipeline.index_layout import stable_id  # ids are defined by the index layout
 
         node = _node_id()
         base = {"path": path, "key": key, "decode_node": node, "error_stage": "", "error_type": "",

@@ -14,9 +14,8 @@ import logging
 
 import numpy as np
 import torch
-
-from models.frames import normalize_frames
-from models.tempme import VideoModelConfig, create_video_encoder
+from tomeray.models.frames import normalize_frames
+from tomeray.models.tempme import VideoModelConfig, create_video_encoder
 
 __all__ = ["VideoEmbedder"]
 
@@ -28,13 +27,15 @@ FRAME_COLUMNS = ("frames", "mask")
 class VideoEmbedder:
     """Ray Data stage: clip rows -> embedded rows. Pass the class to ``map_batches``."""
 
-    def __init__(self, model: VideoModelConfig | dict, num_threads: int = 0):
+    def __init__(self, model: VideoModelConfig | dict, num_threads: int = 0, device: str = "auto",
+                 precision: str = "auto"):
         if num_threads > 0:
             # A CPU actor gets the cores it reserved, not all of the machine's: decode tasks
             # share those cores, and oversubscribed torch threads only add contention.
             torch.set_num_threads(int(num_threads))
         cfg = model if isinstance(model, VideoModelConfig) else VideoModelConfig(**model)
-        self.encoder = create_video_encoder(cfg, with_text=False)  # videos only: no text tower
+        # videos only: no text tower
+        self.encoder = create_video_encoder(cfg, with_text=False, device=device, precision=precision)
         self.model_config = dataclasses.asdict(cfg)
         self.node_id = _node_id()
         log.info("video embedder ready: %s on %s (%s)", cfg.arch, self.encoder.device,

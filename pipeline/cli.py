@@ -10,12 +10,13 @@ import logging
 import sys
 
 # name -> (module with main(argv), one-line help)
+P = "tomeray.pipeline."
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pipeline.demo", "index the opencv-doc sample videos, then search them (the quick start)"),
-    "index": ("pipeline.video_index", "embed a video corpus into a FAISS + Parquet index (resumable)"),
-    "search": ("pipeline.search", "search an index with a text query or a video"),
-    "reconstruct": ("pipeline.reconstruct", "reconstruct cameras and point clouds from image folders"),
-    "config": ("pipeline.show_config", "print a job's resolved configuration (defaults + overrides)"),
+    "demo": (P + "demo", "index the opencv-doc sample videos, then search them (the quick start)"),
+    "index": (P + "video_index", "embed a video corpus into a FAISS + Parquet index (resumable)"),
+    "search": (P + "search", "search an index with a text query or a video"),
+    "reconstruct": (P + "reconstruct", "reconstruct cameras and point clouds from image folders"),
+    "config": (P + "show_config", "print a job's resolved configuration (defaults + overrides)"),
 }
 
 

@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from models.errors import ConfigError
+from tomeray.models.errors import ConfigError
 
 __all__ = ["MISSING", "ConfigError", "config_to_dict", "load_config", "save_config", "default_yaml_path"]
 
@@ -25,7 +24,7 @@ T = TypeVar("T")
 
 def default_yaml_path(name: str) -> Path:
     """Path of ``configs/<name>.yaml`` shipped with the package."""
-    return Path(str(resources.files("configs").joinpath(f"{name}.yaml")))
+    return Path(str(resources.files("tomeray.configs").joinpath(f"{name}.yaml")))
 
 
 def _field_types(schema: type) -> dict[str, Any]:
@@ -123,6 +122,6 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML next to an output (atomically)."""
-    from pipeline.store import atomic_write_text
+    from tomeray.pipeline.store import atomic_write_text
 
     return atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))))

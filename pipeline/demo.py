@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from models.errors import TomerayError, WeightsError
+from tomeray.models.errors import TomerayError, WeightsError
 
 __all__ = ["DEMO_VIDEOS", "TEXT_QUERIES", "main", "run_demo"]
 
@@ -52,7 +52,7 @@ def sample_data_dir(data: str | os.PathLike | None = None) -> Path:
 def write_truncated_copy(source: Path, target: Path) -> Path:
     """The first half of ``source``: a damaged file whose container declares more than it holds."""
     if not target.is_file():
-        from pipeline.store import atomic_write_bytes
+        from tomeray.pipeline.store import atomic_write_bytes
 
         data = source.read_bytes()
         atomic_write_bytes(target, data[: len(data) // 2])
@@ -88,8 +88,8 @@ def run_demo(
     echo=print,
 ) -> int:
     """Index the sample videos into ``out``, run the demo searches and print everything."""
-    from pipeline.index_layout import IncompatibleIndexError, IndexLayout
-    from pipeline.video_index import run_index
+    from tomeray.pipeline.index_layout import IncompatibleIndexError, IndexLayout
+    from tomeray.pipeline.video_index import run_index
 
     folder = sample_data_dir(data)
     out = Path(out)
@@ -126,7 +126,7 @@ def run_demo(
         for row in errors.to_pylist():
             echo(f"  {row['path']}\n    [{row['stage']}] {row['error_type']}: {row['message']}")
 
-    from pipeline.search import VideoSearcher, format_results
+    from tomeray.pipeline.search import VideoSearcher, format_results
 
     searcher = VideoSearcher(out)
     for query in TEXT_QUERIES:

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.errors import InputError
-from pipeline.index_layout import canonical_path
+from tomeray.models.errors import InputError
+from tomeray.pipeline.index_layout import canonical_path
 
 __all__ = ["VIDEO_EXTENSIONS", "LIST_EXTENSIONS", "Discovery", "discover_videos"]
 

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from models.errors import InputError
+from tomeray.models.errors import InputError
 
 __all__ = [
     "Cameras",
@@ -239,7 +238,7 @@ class Cameras:
 
 
 def _recon_scene(root: Path, scene: str | None) -> str:
-    from pipeline.recon_store import list_scenes
+    from tomeray.pipeline.recon_store import list_scenes
 
     scenes = list_scenes(root)
     if scene is None:
@@ -258,9 +257,8 @@ def load_cameras(path: str | Path, scene: str | None = None) -> Cameras:
     Parquet file (this project's schema; ``scene`` filters its rows)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-
-    from pipeline.exports import read_colmap_text
-    from pipeline.recon_store import load_scene_cameras
+    from tomeray.pipeline.exports import read_colmap_text
+    from tomeray.pipeline.recon_store import load_scene_cameras
 
     path = Path(path)
     if (path / "manifest.json").is_file():
@@ -270,7 +268,7 @@ def load_cameras(path: str | Path, scene: str | None = None) -> Cameras:
         model = read_colmap_text(path)
         return Cameras(model["names"], model["extrinsics"])
     if path.is_file() and path.suffix.lower() == ".parquet":
-        from pipeline.recon_store import matrices_from_column
+        from tomeray.pipeline.recon_store import matrices_from_column
 
         table = pq.read_table(path)
         if "extrinsic" not in table.column_names:
@@ -292,12 +290,11 @@ def load_points(path: str | Path, scene: str | None = None) -> np.ndarray:
     (its points3D.txt) or a reconstruction output directory."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
-
-    from pipeline.exports import read_colmap_text, read_ply
+    from tomeray.pipeline.exports import read_colmap_text, read_ply
 
     path = Path(path)
     if (path / "manifest.json").is_file():
-        from pipeline.recon_store import load_scene_points
+        from tomeray.pipeline.recon_store import load_scene_points
 
         return load_scene_points(path, _recon_scene(path, scene)).xyz.astype(np.float64)
     if (path / "images.txt").is_file():

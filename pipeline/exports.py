@@ -20,9 +20,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from models.errors import InputError
-from pipeline.store import atomic_write_text, atomic_write_with
+from tomeray.models.errors import InputError
+from tomeray.pipeline.store import atomic_write_text, atomic_write_with
 
 __all__ = [
     "quaternion_to_rotation",

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
-from models.errors import ConfigError, InputError, TomerayError
-from pipeline.store import atomic_write_with
+from tomeray.models.errors import ConfigError, InputError, TomerayError
+from tomeray.pipeline.store import atomic_write_with
 
 log = logging.getLogger(__name__)
 

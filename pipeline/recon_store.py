@@ -41,9 +41,8 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from models.errors import InputError, TomerayError
-from pipeline.store import atomic_write_json, atomic_write_parquet
+from tomeray.models.errors import InputError, TomerayError
+from tomeray.pipeline.store import atomic_write_json, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 

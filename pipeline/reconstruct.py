@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from models.errors import ConfigError, InputError, TomerayError
-from models.vggt import VGGTModelConfig
-from operators.scene_load import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from pipeline.config import config_to_dict, load_config, save_config
-from pipeline.discover import VIDEO_EXTENSIONS
-from pipeline.recon_store import (
+from tomeray.models.device import InferenceConfig
+from tomeray.models.errors import ConfigError, InputError, TomerayError
+from tomeray.models.vggt import VGGTModelConfig
+from tomeray.operators.scene_load import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from tomeray.pipeline.config import config_to_dict, load_config, save_config
+from tomeray.pipeline.discover import VIDEO_EXTENSIONS
+from tomeray.pipeline.recon_store import (
     SCHEMA_VERSION,
     ReconLayout,
     SceneCameras,
@@ -54,7 +54,7 @@ from pipeline.recon_store import (
     points_table,
     scene_key,
 )
-from pipeline.store import remove_stale_temporaries, tomeray_version, utc_now
+from tomeray.pipeline.store import remove_stale_temporaries, tomeray_version, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,6 @@ class ExportConfig:
     ply_confidence: bool = True  # add a confidence property to the PLY vertices
     colmap: bool = False  # colmap/<scene>/{cameras,images,points3D}.txt
     colmap_max_points: int = 100_000  # points3D subsample (seeded)
-
-
-@dataclass
-class InferenceConfig:
-    device: str = "auto"  # auto: cuda when the actor has a GPU | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto: fp32 on CPU, bf16 (fp16 without bf16 support) autocast on GPU
 
 
 @dataclass
@@ -164,7 +158,7 @@ def _validate(cfg: ReconConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from models.vggt import get_arch
+    from tomeray.models.vggt import get_arch
 
     get_arch(cfg.model.arch)  # a ConfigError naming the valid archs
 
@@ -185,7 +179,7 @@ def _pinned_settings(cfg: ReconConfig, weights_id: str) -> dict:
 def _weights_id(model: VGGTModelConfig) -> str:
     """Which weights the actors will load, resolved on the driver without building the model (a
     missing checkpoint or an offline hub id fails here, before any work starts)."""
-    from models.vggt.weights import is_random, random_init_id, resolve_checkpoint
+    from tomeray.models.vggt.weights import is_random, random_init_id, resolve_checkpoint
 
     if is_random(model.pretrained):
         return random_init_id(model.seed)
@@ -342,7 +336,7 @@ def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: Scen
                   ) -> list[str]:
     """Write the requested exports of a scene (from the given arrays, else from its stored tables);
     returns the exports written."""
-    from pipeline.exports import write_colmap_text, write_ply
+    from tomeray.pipeline.exports import write_colmap_text, write_ply
 
     wants_ply = cfg.ply and not (only_missing and layout.ply_path(scene).is_file())
     have_colmap = (layout.colmap_path(scene) / "points3D.txt").is_file()
@@ -441,9 +435,8 @@ def _plan_actors(cfg: RayConfig, scenes: int) -> dict:
 def build_dataset(specs: list[dict], cfg: ReconConfig):
     """The Ray Data graph: scene rows -> load tasks -> VGGT actor pool (one scene per call)."""
     import ray
-
-    from operators.reconstruct import SceneReconstructor
-    from operators.scene_load import SceneLoader
+    from tomeray.operators.reconstruct import SceneReconstructor
+    from tomeray.operators.scene_load import SceneLoader
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.output.progress
@@ -544,7 +537,7 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
     writer = _SceneWriter(layout, cfg, {s["scene"]: s for s in specs})
     pipeline_s = 0.0
     if todo:
-        from pipeline.ray_session import init_ray
+        from tomeray.pipeline.ray_session import init_ray
 
         init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
         pipeline_start = time.perf_counter()

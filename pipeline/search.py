@@ -1,6 +1,6 @@
 """Search a video index with a text query or a video: ``tomeray search`` and :class:`VideoSearcher`.
 
-    from pipeline.search import VideoSearcher
+    from tomeray.pipeline.search import VideoSearcher
     s = VideoSearcher("out/demo-index")
     s.search("people walking", k=5)          # text -> videos
     s.search("/data/clip.mp4", k=5)          # video -> similar videos
@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
-
-from models.errors import ConfigError, InputError, TomerayError
-from pipeline.faiss_index import build_index, index_to_device, load_index, search_index
-from pipeline.index_layout import IncompatibleIndexError, IndexLayout
+from tomeray.models.errors import ConfigError, InputError, TomerayError
+from tomeray.pipeline.faiss_index import build_index, index_to_device, load_index, search_index
+from tomeray.pipeline.index_layout import IncompatibleIndexError, IndexLayout
 
 __all__ = ["SearchResult", "VideoSearcher", "main", "model_config_from_manifest"]
 
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv",
 )
-# Settings that change where and how fast the encoder runs, never what it computes.
-RUNTIME_KEYS = ("device", "precision")
 METADATA_COLUMNS = ["video_id", "path", "start_s", "end_s", "duration_s"]
 
 
@@ -63,9 +60,9 @@ def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
 
     Derived from the manifest's model identity: architecture, preset and frame count, and the
     weights from ``weights_id`` (``open_clip:<arch>/<tag>``, ``file:<path>#sha256=...`` or
-    ``random-init(seed=<n>)``). ``overrides`` replace fields (device and precision are safe; any
-    other change must still give the same identity, which the searcher checks)."""
-    from models.tempme import VideoModelConfig
+    ``random-init(seed=<n>)``). ``overrides`` replace fields (any change must still give the same
+    identity, which the searcher checks)."""
+    from tomeray.models.tempme import VideoModelConfig
 
     model = manifest.get("model")
     if not isinstance(model, dict) or "arch" not in model:
@@ -102,16 +99,17 @@ def _json_form(obj):
 class VideoSearcher:
     """Text-to-video and video-to-video search over one index directory.
 
-    ``device``: where the encoder runs (``auto`` = CUDA when present); FAISS follows it onto the GPU
-    when faiss-gpu is installed. ``model_overrides``: fields of ``VideoModelConfig`` (e.g.
-    ``precision="fp32"``). ``nprobe`` / ``ef_search``: recall/speed knobs of IVF / HNSW indexes.
-    The encoder is loaded on the first text or video query."""
+    ``device`` / ``precision``: where and how the encoder runs (``models.device``'s rule); FAISS follows
+    it onto the GPU when faiss-gpu is installed. ``model_overrides``: fields of ``VideoModelConfig``
+    (they must still give the index's model). ``nprobe`` / ``ef_search``: recall/speed knobs of IVF /
+    HNSW indexes. The encoder is loaded on the first text or video query."""
 
     def __init__(
         self,
         index_dir: str | os.PathLike,
         device: str = "auto",
         *,
+        precision: str = "auto",
         nprobe: int | None = None,
         ef_search: int | None = None,
         **model_overrides,
@@ -121,7 +119,8 @@ class VideoSearcher:
             raise InputError(f"index directory '{self.layout.root}' does not exist; build one with "
                              "'tomeray index' (or 'tomeray demo')")
         self.manifest = self.layout.read_manifest()
-        self.model_config = model_config_from_manifest(self.manifest, {"device": device, **model_overrides})
+        self.model_config = model_config_from_manifest(self.manifest, model_overrides)
+        self.device, self.precision = device, precision
         self.weights_id = str(self.manifest.get("weights_id") or self.manifest["model"].get("weights_id", ""))
         self.random_weights = _is_random(self.weights_id)
         self.nprobe, self.ef_search = nprobe, ef_search
@@ -173,9 +172,9 @@ class VideoSearcher:
     @cached_property
     def encoder(self):
         """The index's encoder, loaded once; refused if its identity differs from the manifest's."""
-        from models.tempme import create_video_encoder
+        from tomeray.models.tempme import create_video_encoder
 
-        encoder = create_video_encoder(self.model_config)
+        encoder = create_video_encoder(self.model_config, device=self.device, precision=self.precision)
         pinned, built = self.manifest["model"], _json_form(encoder.identity())
         if built != pinned:
             diff = sorted(k for k in set(pinned) | set(built) if pinned.get(k) != built.get(k))
@@ -198,9 +197,8 @@ class VideoSearcher:
     def encode_video(self, path: str | os.PathLike) -> np.ndarray:
         """A video file -> (1, D) float32 unit vector, decoded and sampled as the indexer does."""
         import torch
-
-        from models.frames import normalize_frames
-        from operators.video_decode import decode_clips
+        from tomeray.models.frames import normalize_frames
+        from tomeray.operators.video_decode import decode_clips
 
         encoder = self.encoder
         # The frame rate the index was sampled at; the query is always one whole-video clip.
@@ -306,7 +304,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nprobe", type=int, default=None, help="IVF lists to probe (recall vs speed)")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (recall vs speed)")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                        help="model setting override, e.g. precision=fp32 (must keep the index's model)")
+                        help="model setting override (must keep the index's model)")
+    parser.add_argument("--precision", default="auto", help="encoder precision: auto, fp32, bf16, fp16")
     return parser.parse_args(argv)
 
 
@@ -326,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.query.strip():
             raise InputError("the query is empty: give a text query or the path of a video file")
         _check_k(args.k)
-        searcher = VideoSearcher(args.index_dir, args.device, nprobe=args.nprobe, ef_search=args.ef_search,
-                                 **_overrides(args.model))
+        searcher = VideoSearcher(args.index_dir, args.device, precision=args.precision, nprobe=args.nprobe,
+                                 ef_search=args.ef_search, **_overrides(args.model))
         kind = "video" if _is_video_query(args.query) else "text"
         results = searcher.search(args.query, k=args.k)
     except (TomerayError, OSError) as e:

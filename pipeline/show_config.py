@@ -6,14 +6,13 @@ import argparse
 import importlib
 
 from omegaconf import OmegaConf
-
-from models.errors import TomerayError
-from pipeline.config import config_to_dict, load_config
+from tomeray.models.errors import TomerayError
+from tomeray.pipeline.config import config_to_dict, load_config
 
 # job -> (module, schema class, configs/<name>.yaml)
 JOBS = {
-    "index": ("pipeline.video_index", "IndexConfig", "index"),
-    "reconstruct": ("pipeline.reconstruct", "ReconConfig", "reconstruct"),
+    "index": ("tomeray.pipeline.video_index", "IndexConfig", "index"),
+    "reconstruct": ("tomeray.pipeline.reconstruct", "ReconConfig", "reconstruct"),
 }
 
 

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from models.errors import InputError, TomerayError
-from models.tempme import VideoModelConfig
-from pipeline.config import load_config, save_config
-from pipeline.discover import VIDEO_EXTENSIONS, discover_videos
-from pipeline.index_layout import (
+from tomeray.models.device import InferenceConfig
+from tomeray.models.errors import InputError, TomerayError
+from tomeray.models.tempme import VideoModelConfig
+from tomeray.pipeline.config import load_config, save_config
+from tomeray.pipeline.discover import VIDEO_EXTENSIONS, discover_videos
+from tomeray.pipeline.index_layout import (
     SCHEMA_VERSION,
     IncompatibleIndexError,
     IndexLayout,
@@ -51,7 +51,7 @@ from pipeline.index_layout import (
     new_run_id,
     stable_id,
 )
-from pipeline.store import atomic_write_json, remove_stale_temporaries, tomeray_version, utc_now
+from tomeray.pipeline.store import atomic_write_json, remove_stale_temporaries, tomeray_version, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class OutputConfig:
 @dataclass
 class IndexConfig:
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     input: InputConfig = field(default_factory=InputConfig)
     faiss: FaissConfig = field(default_factory=FaissConfig)
@@ -201,7 +202,7 @@ def _open_index(layout: IndexLayout, header: dict, what: str) -> dict:
 def completed_paths(layout: IndexLayout, segment_s: float | None = None) -> set[str]:
     """Paths whose rows are all in the index: any row for whole videos; in segment mode every
     window of the video (recomputed from its stored n_frames and fps)."""
-    from operators.video_decode import segment_windows
+    from tomeray.operators.video_decode import segment_windows
 
     if not segment_s or segment_s <= 0:
         return layout.indexed_paths()
@@ -222,7 +223,7 @@ def _finish(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, build_f
     dim = int(manifest["dim"])
     factory = manifest.get("faiss_factory")
     if build_faiss:
-        from pipeline.faiss_index import build_index, resolve_factory, save_index
+        from tomeray.pipeline.faiss_index import build_index, resolve_factory, save_index
 
         vectors = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
         vectors = vectors.reshape(table.num_rows, dim).astype(np.float32, copy=False)
@@ -322,9 +323,9 @@ class _ShardWriter:
 def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
     """Identity, weights id, embedding dim and image size of the encoder, built once on the driver
     (on CPU): this checks the weights before any work starts and pins the manifest."""
-    from models.tempme import create_video_encoder
+    from tomeray.models.tempme import create_video_encoder
 
-    encoder = create_video_encoder(dataclasses.replace(model, device="cpu", precision="fp32"))
+    encoder = create_video_encoder(model, device="cpu", precision="fp32")
     facts = encoder.identity(), encoder.weights_id, encoder.embed_dim, encoder.image_size
     del encoder
     return facts
@@ -356,9 +357,8 @@ def _plan_embedding(cfg: RayConfig) -> dict:
 def build_dataset(items: list[dict], cfg: IndexConfig, image_size: int):
     """The Ray Data graph: input rows -> decode tasks -> embed actor pool."""
     import ray
-
-    from operators.video_decode import VideoDecoder
-    from operators.video_embed import VideoEmbedder
+    from tomeray.operators.video_decode import VideoDecoder
+    from tomeray.operators.video_embed import VideoEmbedder
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.output.progress
@@ -381,7 +381,8 @@ def build_dataset(items: list[dict], cfg: IndexConfig, image_size: int):
              plan["actors"], plan["num_cpus"], plan["num_gpus"], plan["batch_size"])
     return ds.map_batches(
         VideoEmbedder,
-        fn_constructor_kwargs={"model": dataclasses.asdict(cfg.model), "num_threads": plan["threads"]},
+        fn_constructor_kwargs={"model": dataclasses.asdict(cfg.model), "num_threads": plan["threads"],
+                               **dataclasses.asdict(cfg.inference)},
         batch_size=plan["batch_size"], compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
         num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"] or None,
     )
@@ -431,7 +432,7 @@ def run_index(
 
     pipeline_s = 0.0
     if items:
-        from pipeline.ray_session import init_ray
+        from tomeray.pipeline.ray_session import init_ray
 
         init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
         pipeline_start = time.perf_counter()

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
-
-from pipeline.config import MISSING, ConfigError, load_config, save_config
+from tomeray.pipeline.config import MISSING, ConfigError, load_config, save_config
 
 
 @dataclass
@@ -81,7 +80,7 @@ def test_config_is_saved_resolved(tmp_path):
 
 
 def test_cli_help_lists_the_commands(capsys):
-    from pipeline.cli import available_commands, main
+    from tomeray.pipeline.cli import available_commands, main
 
     assert {"demo", "index", "search", "reconstruct", "config"} <= set(available_commands())
     assert main(["--help"]) == 0
@@ -92,7 +91,7 @@ def test_cli_help_lists_the_commands(capsys):
 
 @pytest.mark.parametrize("job", ["index", "reconstruct"])
 def test_cli_config_prints_resolved_job_config(job, capsys):
-    from pipeline.cli import main
+    from tomeray.pipeline.cli import main
 
     assert main(["config", job, "model.pretrained=none"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from models.errors import TomerayError
-from pipeline import demo, search
-from pipeline.index_layout import IndexLayout
+from tomeray.models.errors import TomerayError
+from tomeray.pipeline import demo, search
+from tomeray.pipeline.index_layout import IndexLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +24,7 @@ def test_demo_offline_falls_back_to_random_weights_and_still_searches(tmp_path, 
     # demo's own, never one that another process on this machine started.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "local",
            "TOMERAY_SAMPLE_DATA": str(opencv_data)}
-    command = [sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out)]
+    command = [sys.executable, "-m", "tomeray.pipeline.cli", "demo", "--out", str(out)]
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     assert first.returncode == 0, first.stderr[-3000:]
     text = first.stdout

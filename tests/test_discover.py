@@ -7,9 +7,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from models.errors import InputError
-from pipeline.discover import discover_videos
+from tomeray.models.errors import InputError
+from tomeray.pipeline.discover import discover_videos
 
 
 @pytest.fixture

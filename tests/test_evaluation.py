@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-
-from jobs.eval_reconstruction import main as eval_main
-from models.errors import InputError
-from pipeline.evaluation import (
+from tomeray.jobs.eval_reconstruction import main as eval_main
+from tomeray.models.errors import InputError
+from tomeray.pipeline.evaluation import (
     Sim3,
     camera_centers,
     evaluate,
@@ -20,8 +19,8 @@ from pipeline.evaluation import (
     rotation_angle_deg,
     umeyama,
 )
-from pipeline.exports import quaternion_to_rotation, write_colmap_text, write_ply
-from pipeline.recon_store import cameras_table
+from tomeray.pipeline.exports import quaternion_to_rotation, write_colmap_text, write_ply
+from tomeray.pipeline.recon_store import cameras_table
 
 
 def rot(axis, degrees):

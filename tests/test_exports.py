@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pycolmap
 import pytest
-
-from models.errors import InputError
-from pipeline.exports import (
+from tomeray.models.errors import InputError
+from tomeray.pipeline.exports import (
     quaternion_to_rotation,
     read_colmap_text,
     read_ply,

@@ -7,10 +7,9 @@ import logging
 import faiss
 import numpy as np
 import pytest
-
-from jobs.bench_faiss import make_vectors
-from models.errors import ConfigError, InputError, TomerayError
-from pipeline import faiss_index as fi
+from tomeray.jobs.bench_faiss import make_vectors
+from tomeray.models.errors import ConfigError, InputError, TomerayError
+from tomeray.pipeline import faiss_index as fi
 
 
 def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -95,7 +94,7 @@ def test_presets_size_themselves_and_fall_back_to_flat_when_too_small(caplog):
     assert fi.resolve_factory("IVF ", 5000, 512) == "IVF128,Flat"  # nlist capped at N/39
     assert fi.resolve_factory("hnsw", 10, 512) == "HNSW32"
     assert fi.resolve_factory("IVF64,Flat", 10, 512) == "IVF64,Flat"  # factory strings are literal
-    with caplog.at_level(logging.WARNING, logger="pipeline.faiss_index"):
+    with caplog.at_level(logging.WARNING, logger="tomeray.pipeline.faiss_index"):
         index = fi.build_index(unit(100, 16), np.arange(100), "ivf")
     assert "Flat" in caplog.text and "ivf" in caplog.text
     assert isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
@@ -191,7 +190,7 @@ def test_only_flat_and_ivf_indexes_are_sent_to_a_gpu():
 
 
 def test_faiss_benchmark_rows_compare_against_flat_in_the_same_run():
-    from jobs.bench_faiss import run_faiss_bench
+    from tomeray.jobs.bench_faiss import run_faiss_bench
 
     rows = run_faiss_bench(2000, 32, 50, presets=("ivf", "hnsw"), datasets=("clustered",), sweep=False)
     assert [r["index"] for r in rows] == ["flat", "ivf", "hnsw"]

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from models.errors import InputError
-from models.frames import (
+from tomeray.models.errors import InputError
+from tomeray.models.frames import (
     CLIP_MEAN,
     CLIP_STD,
     center_crop,

@@ -13,10 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from media import write_video
 from ray_cluster import REPO, RayHead, kill_driver_when
+from tomeray.pipeline.index_layout import IndexLayout, id_key, stable_id
 
-from pipeline.index_layout import IndexLayout, id_key, stable_id
-
-FAST = ["model.arch=ViT-S-32", "model.pretrained=none", "model.device=cpu", "output.progress=false"]
+FAST = ["model.arch=ViT-S-32", "model.pretrained=none", "inference.device=cpu", "output.progress=false"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,8 +49,8 @@ def indexed_exactly_once(out: Path, corpus: Path) -> None:
 
 def test_ray_job_submit_with_token_auth(cluster, corpus, tmp_path):
     out = tmp_path / "idx"
-    ok, logs = cluster.submit(["python", "-m", "jobs.index_videos", str(corpus), "--out", str(out), *FAST],
-                              timeout=600)
+    ok, logs = cluster.submit(["python", "-m", "tomeray.jobs.index_videos", str(corpus), "--out", str(out),
+                               *FAST], timeout=600)
     assert ok, logs[-3000:]
     assert "indexed 10 videos" in logs and "random-init(seed=0)" in logs
     indexed_exactly_once(out, corpus)
@@ -61,7 +60,7 @@ def test_work_runs_on_both_nodes(cluster, corpus, tmp_path):
     """The embed actor takes a whole 1-CPU node, so decode tasks (1 CPU each) can only run on the
     other one: the rows must carry two distinct node ids, one per raylet."""
     out = tmp_path / "idx"
-    cmd = [sys.executable, "-m", "jobs.index_videos", str(corpus), "--out", str(out), *FAST,
+    cmd = [sys.executable, "-m", "tomeray.jobs.index_videos", str(corpus), "--out", str(out), *FAST,
            "ray.embed_actors=1", "ray.embed_num_cpus=1", "ray.decode_num_cpus=1"]
     proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,7 +75,7 @@ def test_work_runs_on_both_nodes(cluster, corpus, tmp_path):
 def test_resume_after_the_driver_is_killed(cluster, corpus, tmp_path):
     out = tmp_path / "idx"
     # One row per shard and per embed batch, so shards appear while the run is far from done.
-    cmd = [sys.executable, "-m", "jobs.index_videos", str(corpus), "--out", str(out), *FAST,
+    cmd = [sys.executable, "-m", "tomeray.jobs.index_videos", str(corpus), "--out", str(out), *FAST,
            "output.shard_rows=1", "ray.batch_size=1", "ray.embed_actors=1"]
     kill_driver_when(cmd, cluster.env, lambda: any((out / "embeddings").glob("part-*.parquet")),
                      "writing a shard")

@@ -8,9 +8,8 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from models.errors import InputError
-from pipeline.index_layout import (
+from tomeray.models.errors import InputError
+from tomeray.pipeline.index_layout import (
     ERRORS_SCHEMA,
     IncompatibleIndexError,
     IndexLayout,

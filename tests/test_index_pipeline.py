@@ -17,14 +17,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from media import write_video
+from tomeray.pipeline.faiss_index import index_ids, load_index, search_index
+from tomeray.pipeline.index_layout import IndexLayout, id_key, stable_id
+from tomeray.pipeline.search import VideoSearcher
+from tomeray.pipeline.video_index import main, run_index
 
-from pipeline.faiss_index import index_ids, load_index, search_index
-from pipeline.index_layout import IndexLayout, id_key, stable_id
-from pipeline.search import VideoSearcher
-from pipeline.video_index import main, run_index
-
-MODEL = {"arch": "ViT-S-32", "pretrained": "none", "preset": "tempme", "num_frames": 12, "device": "cpu"}
-FAST = [f"model.{k}={v}" for k, v in MODEL.items()] + ["output.progress=false"]
+MODEL = {"arch": "ViT-S-32", "pretrained": "none", "preset": "tempme", "num_frames": 12}
+FAST = [f"model.{k}={v}" for k, v in MODEL.items()] + ["inference.device=cpu", "output.progress=false"]
 GOOD = ["vtest.avi", "Megamind.avi", "tree.avi", "Megamind_bugy.avi", "one frame.avi", "odd 321x243.avi",
         "five frames.avi", "ñandú 視頻.avi"]
 BAD = {"zero.mp4": "decode", "text.mp4": "decode", "truncated.avi": "decode", "corrupt.avi": "decode",
@@ -178,7 +177,7 @@ def test_a_different_model_is_refused(built, tmp_path, capsys):
 def test_missing_pretrained_weights_fail_with_one_line(tmp_path, opencv_data):
     # A fresh process, so that huggingface_hub reads HF_HUB_OFFLINE (as a user's shell would set it).
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "index", str(opencv_data / "tree.avi"), "--out",
+    cmd = [sys.executable, "-m", "tomeray.pipeline.cli", "index", str(opencv_data / "tree.avi"), "--out",
            str(tmp_path / "idx"), "model.pretrained=openai"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from models.merging import (
+from tomeray.models.merging import (
     attention_bias,
     bipartite_soft_matching,
     frame_dst_mask,
@@ -168,7 +167,7 @@ def test_merging_heads_layout_shares_the_matching():
 
 
 def test_merging_chunked_scores_match_unchunked(monkeypatch):
-    import models.merging as merging
+    import tomeray.models.merging as merging
 
     metric, x, size = _inputs(b=2, n=33)
     whole = merge_wavg(bipartite_soft_matching(metric, 9, protected=[0, 3])[0], x, size)

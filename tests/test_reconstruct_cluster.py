@@ -13,8 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from ray_cluster import REPO, RayHead, kill_driver_when
-
-from pipeline.recon_store import ReconLayout, load_scene
+from tomeray.pipeline.recon_store import ReconLayout, load_scene
 
 FAST = ["model.arch=vggt-tiny", "model.pretrained=none", "output.progress=false", "points.max_points=20000"]
 PAIRS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12]  # opencv-doc has no left10/right10
@@ -53,8 +52,8 @@ def reconstructed_exactly_once(out: Path) -> None:
 
 def test_ray_job_submit_with_token_auth(cluster, scenes, tmp_path):
     out = tmp_path / "recon"
-    ok, logs = cluster.submit(["python", "-m", "jobs.reconstruct_scenes", str(scenes), "--out", str(out),
-                               *FAST], timeout=600)
+    ok, logs = cluster.submit(["python", "-m", "tomeray.jobs.reconstruct_scenes", str(scenes), "--out",
+                               str(out), *FAST], timeout=600)
     assert ok, logs[-3000:]
     assert f"reconstructed {len(PAIRS)} scene(s)" in logs and "random-init(seed=0)" in logs
     reconstructed_exactly_once(out)
@@ -62,7 +61,7 @@ def test_ray_job_submit_with_token_auth(cluster, scenes, tmp_path):
 
 def test_resume_after_the_driver_is_killed(cluster, scenes, tmp_path):
     out = tmp_path / "recon"
-    cmd = [sys.executable, "-m", "jobs.reconstruct_scenes", str(scenes), "--out", str(out), *FAST,
+    cmd = [sys.executable, "-m", "tomeray.jobs.reconstruct_scenes", str(scenes), "--out", str(out), *FAST,
            "ray.load_concurrency=1"]
     kill_driver_when(cmd, cluster.env, lambda: any((out / "scenes").glob("*.json")), "finishing a scene")
     layout = ReconLayout(out)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
-from pipeline.config import load_config
-from pipeline.reconstruct import ReconConfig, discover_scenes, main
+from tomeray.pipeline.config import load_config
+from tomeray.pipeline.reconstruct import ReconConfig, discover_scenes, main
 
 
 @pytest.fixture

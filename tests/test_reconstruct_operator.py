@@ -8,17 +8,16 @@ import json
 
 import numpy as np
 import pytest
-
-from operators.reconstruct import (
+from tomeray.operators.reconstruct import (
     SceneReconstructor,
     chunk_alignment,
     content_mask,
     original_intrinsics,
     split_chunks,
 )
-from operators.scene_load import load_scene_views
-from pipeline.evaluation import Sim3
-from pipeline.exports import quaternion_to_rotation
+from tomeray.operators.scene_load import load_scene_views
+from tomeray.pipeline.evaluation import Sim3
+from tomeray.pipeline.exports import quaternion_to_rotation
 
 TINY = {"arch": "vggt-tiny", "pretrained": "none"}
 

@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pycolmap
 import pytest
 from PIL import Image
-
-from pipeline.exports import read_ply
-from pipeline.recon_store import (
+from tomeray.pipeline.exports import read_ply
+from tomeray.pipeline.recon_store import (
     CAMERAS_SCHEMA,
     ERRORS_SCHEMA,
     POINTS_SCHEMA,
@@ -25,7 +24,7 @@ from pipeline.recon_store import (
     load_scene,
     to_open3d,
 )
-from pipeline.reconstruct import main, run_reconstruct
+from tomeray.pipeline.reconstruct import main, run_reconstruct
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

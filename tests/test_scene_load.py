@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-
-from operators.scene_load import (
+from tomeray.operators.scene_load import (
     ImageReadError,
     SceneLoader,
     load_scene_views,

@@ -13,15 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-
-from models.errors import InputError
-from models.frames import normalize_frames
-from models.tempme import VideoModelConfig, create_video_encoder
-from operators.text_embed import TextEmbedder
-from operators.video_decode import decode_clips
-from pipeline import search
-from pipeline.faiss_index import build_index, save_index
-from pipeline.index_layout import (
+from tomeray.models.errors import InputError
+from tomeray.models.frames import normalize_frames
+from tomeray.models.tempme import VideoModelConfig, create_video_encoder
+from tomeray.operators.text_embed import TextEmbedder
+from tomeray.operators.video_decode import decode_clips
+from tomeray.pipeline import search
+from tomeray.pipeline.faiss_index import build_index, save_index
+from tomeray.pipeline.index_layout import (
     SCHEMA_VERSION,
     IncompatibleIndexError,
     IndexLayout,
@@ -31,7 +30,7 @@ from pipeline.index_layout import (
     stable_id,
 )
 
-MODEL = VideoModelConfig(arch="ViT-S-32", pretrained="none", preset="none", num_frames=4, device="cpu",
+MODEL = VideoModelConfig(arch="ViT-S-32", pretrained="none", preset="none", num_frames=4,
                          seed=7)
 
 
@@ -154,8 +153,8 @@ def test_model_config_from_manifest_reads_every_kind_of_weights():
 
     assert cfg("open_clip:ViT-B-32/openai").pretrained == "openai"
     assert cfg("file:/ckpt/my model.pt#sha256=0123abcd").pretrained == "/ckpt/my model.pt"
-    random = cfg("random-init(seed=3)", device="cpu")
-    assert (random.pretrained, random.seed, random.device) == ("none", 3, "cpu")
+    random = cfg("random-init(seed=3)", num_frames=4)
+    assert (random.pretrained, random.seed, random.num_frames) == ("none", 3, 4)
     with pytest.raises(InputError, match="cannot tell which weights"):
         cfg("mystery")
     with pytest.raises(Exception, match="unknown model setting 'colour'"):

@@ -11,10 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
-
-from models.errors import ConfigError, InputError
-from models.frames import preprocess_frames, sample_frame_indices
-from models.tempme import PRESETS, MergeSchedule, TempMeEncoder, preset_schedule, resolve_schedule
+from tomeray.models.errors import ConfigError, InputError
+from tomeray.models.frames import preprocess_frames, sample_frame_indices
+from tomeray.models.tempme import PRESETS, MergeSchedule, TempMeEncoder, preset_schedule, resolve_schedule
 
 VIDEOS = ("vtest.avi", "Megamind.avi", "tree.avi")
 TOL = dict(atol=1e-5, rtol=1e-4)

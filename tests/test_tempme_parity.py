@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from models.frames import (
+from tomeray.models.frames import (
     CLIP_MEAN,
     CLIP_STD,
     center_crop,
@@ -16,7 +15,7 @@ from models.frames import (
     resize_shorter_side,
     sample_frame_indices,
 )
-from models.tempme import TempMeEncoder
+from tomeray.models.tempme import TempMeEncoder
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 

@@ -13,14 +13,13 @@ import decord
 import pytest
 import torch
 from safetensors.torch import save_file
-
-from models.clip import load_clip
-from models.errors import ConfigError, InputError, WeightsError
-from models.frames import preprocess_frames, sample_frame_indices
-from models.tempme import VideoModelConfig, create_video_encoder
+from tomeray.models.clip import load_clip
+from tomeray.models.errors import ConfigError, InputError, WeightsError
+from tomeray.models.frames import preprocess_frames, sample_frame_indices
+from tomeray.models.tempme import VideoModelConfig, create_video_encoder
 
 ARCH = "ViT-S-32-alt"  # the smallest built-in open_clip ViT: keeps these tests quick
-FAST = dict(arch=ARCH, device="cpu", preset="none", num_frames=2)  # weights, not merging, are tested here
+FAST = dict(arch=ARCH, preset="none", num_frames=2)  # weights, not merging, are tested here
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,8 +40,8 @@ def test_tempme_weights_offline_tag_fails_fast_with_instructions(tmp_path):
     """No network, nothing cached: a WeightsError that says how to provide weights."""
     code = textwrap.dedent(
         """
-        from models.clip import load_clip
-        from models.errors import WeightsError
+        from tomeray.models.clip import load_clip
+        from tomeray.models.errors import WeightsError
         try:
             load_clip("ViT-B-32", "openai")
         except WeightsError as e:
@@ -67,9 +66,9 @@ def test_tempme_weights_unknown_tag_or_arch_is_config_error():
     with pytest.raises(ConfigError, match="unknown preset 'fast'"):
         create_video_encoder(VideoModelConfig(arch=ARCH, pretrained="none", preset="fast"))
     with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
-        create_video_encoder(VideoModelConfig(arch=ARCH, pretrained="none", device="gpu0"))
+        create_video_encoder(VideoModelConfig(arch=ARCH, pretrained="none"), device="gpu0")
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
-        create_video_encoder(VideoModelConfig(arch=ARCH, pretrained="none", device="cpu", precision="fp8"))
+        create_video_encoder(VideoModelConfig(arch=ARCH, pretrained="none"), device="cpu", precision="fp8")
 
 
 def test_tempme_weights_missing_checkpoint_is_weights_error(tmp_path):
@@ -126,9 +125,9 @@ def test_tempme_weights_local_checkpoint_round_trip(tmp_path, random_encoder, cl
 
 
 def test_tempme_weights_custom_schedule_from_config():
-    from pipeline.config import load_config
+    from tomeray.pipeline.config import load_config
 
-    base = ["arch=" + ARCH, "pretrained=none", "device=cpu"]
+    base = ["arch=" + ARCH, "pretrained=none"]
     cfg = load_config(VideoModelConfig, None, [*base, "preset=custom", "schedule.cross_clip_ratio=0.4"])
     enc = create_video_encoder(cfg)
     assert enc.identity()["preset"] == "custom" and enc.identity()["schedule"]["cross_clip_ratio"] == 0.4

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-
-from models import merging
-from models.merging import bipartite_soft_matching
-from models.vggt import MergeConfig, VGGTModelConfig, create_vggt
-from models.vggt.fast import GlobalMergePlan, TokenMatching, plan_global_merge, protected_tokens
-from models.vggt.layers import Attention, RotaryEmbedding2D
+from tomeray.models import merging
+from tomeray.models.merging import bipartite_soft_matching
+from tomeray.models.vggt import MergeConfig, VGGTModelConfig, create_vggt
+from tomeray.models.vggt.fast import GlobalMergePlan, TokenMatching, plan_global_merge, protected_tokens
+from tomeray.models.vggt.layers import Attention, RotaryEmbedding2D
 
 CPU = torch.device("cpu")
 

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from models.errors import ConfigError, InputError, WeightsError
-from models.vggt import VGGT, MergeConfig, VGGTModelConfig, create_vggt, get_arch, list_archs
-from models.vggt.geometry import (
+from tomeray.models.errors import ConfigError, InputError, WeightsError
+from tomeray.models.vggt import VGGT, MergeConfig, VGGTModelConfig, create_vggt, get_arch, list_archs
+from tomeray.models.vggt.geometry import (
     confidence_mask,
     extri_intri_to_pose_encoding,
     mat_to_quat,
@@ -19,8 +18,8 @@ from models.vggt.geometry import (
     quat_to_mat,
     unproject_depth_map_to_point_map,
 )
-from models.vggt.preprocess import preprocess_images
-from models.vggt.weights import load_state_dict_strict
+from tomeray.models.vggt.preprocess import preprocess_images
+from tomeray.models.vggt.weights import load_state_dict_strict
 
 TINY_WEIGHTS = "vggt_tiny_state_dict.safetensors"
 

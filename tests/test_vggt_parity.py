@@ -9,10 +9,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
-from models.vggt import MergeConfig, VGGTModelConfig, create_vggt
-from models.vggt.geometry import pose_encoding_to_extri_intri
-from models.vggt.preprocess import preprocess_images
+from tomeray.models.vggt import MergeConfig, VGGTModelConfig, create_vggt
+from tomeray.models.vggt.geometry import pose_encoding_to_extri_intri
+from tomeray.models.vggt.preprocess import preprocess_images
 
 ATOL, RTOL = 1e-5, 1e-4
 FIXTURE_FILES = ["left01.jpg", "right01.jpg", "left02.jpg", "right02.jpg"]

@@ -9,9 +9,8 @@ import cv2
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-
-from models.frames import center_crop, resize_shorter_side
-from operators.video_decode import (
+from tomeray.models.frames import center_crop, resize_shorter_side
+from tomeray.operators.video_decode import (
     CorruptVideoError,
     TruncatedVideoError,
     UnreadableVideoError,

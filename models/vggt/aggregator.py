@@ -9,11 +9,10 @@ are not kept, which bounds memory for long sequences.
 from __future__ import annotations
 
 import torch
+from tomeray.models.vggt.layers import Block, Merger, RopeTables, RotaryEmbedding2D
+from tomeray.models.vggt.patch_embed import DinoViT
+from tomeray.models.vggt.registry import VGGTArch
 from torch import Tensor, nn
-
-from models.vggt.layers import Block, Merger, RopeTables, RotaryEmbedding2D
-from models.vggt.patch_embed import DinoViT
-from models.vggt.registry import VGGTArch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 
 import torch
-
-from models.vggt.config import VGGTModelConfig
-from models.vggt.model import VGGT
-from models.vggt.registry import get_arch
-from models.vggt.weights import (
+from tomeray.models.vggt.config import VGGTModelConfig
+from tomeray.models.vggt.model import VGGT
+from tomeray.models.vggt.registry import get_arch
+from tomeray.models.vggt.weights import (
     init_random,
     is_random,
     load_state_dict_strict,

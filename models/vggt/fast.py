@@ -28,11 +28,10 @@ and protected sets and adapts the result to attention's (B, heads, N, D) layout.
 from __future__ import annotations
 
 import torch
+from tomeray.models.errors import ConfigError
+from tomeray.models.merging import TokenMatch, attention_bias, frame_dst_mask, match_tokens
+from tomeray.models.vggt.config import MergeConfig
 from torch import Tensor
-
-from models.errors import ConfigError
-from models.merging import TokenMatch, attention_bias, frame_dst_mask, match_tokens
-from models.vggt.config import MergeConfig
 
 
 def validate_merge_config(cfg: MergeConfig, depth: int) -> None:

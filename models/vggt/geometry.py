@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tomeray.models.errors import InputError
 from torch import Tensor
-
-from models.errors import InputError
 
 # ----------------------------------------------------------------------------- rotations
 

@@ -11,9 +11,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from tomeray.models.vggt.layers import Block, Mlp
 from torch import Tensor, nn
-
-from models.vggt.layers import Block, Mlp
 
 # ----------------------------------------------------------------------------- activations
 

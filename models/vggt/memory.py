@@ -13,13 +13,12 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+from tomeray.models.errors import InputError
+from tomeray.models.merging import score_chunk_elements
 from torch import Tensor
 
-from models.errors import InputError
-from models.merging import score_chunk_elements
-
 if TYPE_CHECKING:
-    from models.vggt.model import VGGT
+    from tomeray.models.vggt.model import VGGT
 
 GIB = 1 << 30
 # Peak live activations of one transformer block, in multiples of tokens x width: residual,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import torch
+from tomeray.models.errors import InputError
+from tomeray.models.vggt.aggregator import Aggregator
+from tomeray.models.vggt.config import MergeConfig
+from tomeray.models.vggt.fast import plan_global_merge, validate_merge_config
+from tomeray.models.vggt.heads import CameraHead, DPTHead
+from tomeray.models.vggt.memory import check_memory
+from tomeray.models.vggt.registry import VGGTArch
+from tomeray.models.vggt.track import TrackHead
 from torch import Tensor, nn
-
-from models.errors import InputError
-from models.vggt.aggregator import Aggregator
-from models.vggt.config import MergeConfig
-from models.vggt.fast import plan_global_merge, validate_merge_config
-from models.vggt.heads import CameraHead, DPTHead
-from models.vggt.memory import check_memory
-from models.vggt.registry import VGGTArch
-from models.vggt.track import TrackHead
 
 
 class VGGT(nn.Module):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tomeray.models.vggt.layers import Block
 from torch import Tensor, nn
-
-from models.vggt.layers import Block
 
 
 class PatchProjection(nn.Module):

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from models.errors import InputError
+from tomeray.models.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.errors import ConfigError
+from tomeray.models.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from tomeray.models.errors import InputError
+from tomeray.models.vggt.heads import DPTHead
+from tomeray.models.vggt.layers import Mlp
+from tomeray.models.vggt.registry import VGGTArch
 from torch import Tensor, nn
-
-from models.errors import InputError
-from models.vggt.heads import DPTHead
-from models.vggt.layers import Mlp
-from models.vggt.registry import VGGTArch
 
 # ----------------------------------------------------------------------------- sampling helpers
 

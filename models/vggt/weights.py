@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 
 import torch
+from tomeray.models.errors import WeightsError
 from torch import nn
-
-from models.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
