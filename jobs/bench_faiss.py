@@ -20,7 +20,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from tomeray.pipeline.faiss_index import build_index, resolve_factory, search_index
+from tomeray.pipeline.video.faiss_index import build_index, resolve_factory, search_index
 
 DATASETS = ("uniform", "clustered")
 PRESETS = ("ivf", "hnsw", "ivfpq")

@@ -35,9 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tomeray.pipeline.config import load_config
-from tomeray.pipeline.store import atomic_write_json
-from tomeray.pipeline.video_index import IndexConfig, _plan_embedding, run_index
+from tomeray.pipeline.core.atomic import atomic_write_json
+from tomeray.pipeline.core.config import load_config
+from tomeray.pipeline.core.graph import actor_stage, task_stage
+from tomeray.pipeline.video.config import IndexConfig
+from tomeray.pipeline.video.graph import plan_embedding
+from tomeray.pipeline.video.job import run_index
 
 SOURCES = ("vtest.avi", "Megamind.avi", "tree.avi")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
@@ -70,7 +73,7 @@ def profile_stages(paths: list[str], cfg: IndexConfig) -> dict:
         clips.extend(decode_clips(path, size, t, cfg.sampling.fps, cfg.sampling.segment_s))
     decode_cpu, decode_wall = time.process_time() - cpu, time.perf_counter() - wall
     frames, masks = np.stack([c.frames for c in clips]), np.stack([c.mask for c in clips])
-    batch = cfg.ray.batch_size or 8
+    batch = cfg.ray.actors.batch_size or 8
     embedder.embed(frames[:batch], masks[:batch])  # warm-up
     cpu, wall = time.process_time(), time.perf_counter()
     for start in range(0, len(clips), batch):
@@ -100,13 +103,12 @@ def stage_alone(paths: list[str], cfg: IndexConfig, image_size: int) -> tuple[di
     from tomeray.operators.video_decode import VideoDecoder
     from tomeray.operators.video_embed import VideoEmbedder
 
-    items = [{"path": p, "key": p, "video_id": i} for i, p in enumerate(paths)]
+    items = [{"path": p, "key": p} for p in paths]
     ray.data.DataContext.get_current().enable_progress_bars = False
     decoder = VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s)
 
     def decode(rows: list[dict]):
-        return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            decoder, batch_size=1, num_cpus=cfg.ray.decode_num_cpus, memory=cfg.ray.decode_memory_mb * 2**20)
+        return task_stage(ray.data.from_items(rows, override_num_blocks=len(rows)), decoder, cfg.ray.tasks)
 
     _timed(decode(items[:4]).iter_batches(batch_size=None))  # warm-up: worker processes and imports
     decoded = decode(items)
@@ -114,17 +116,13 @@ def stage_alone(paths: list[str], cfg: IndexConfig, image_size: int) -> tuple[di
     decode = {"videos": rows, "seconds": seconds, "videos_per_s": rows / seconds}
 
     clips = decoded.materialize()  # decoded once more, kept in the object store for the embed stage
-    plan = _plan_embedding(cfg.ray)
-    model = {"model": dataclasses.asdict(cfg.model), "num_threads": plan["threads"],
-             **dataclasses.asdict(cfg.inference)}
-    embedded = clips.map_batches(
-        VideoEmbedder, fn_constructor_kwargs=model, batch_size=plan["batch_size"],
-        compute=ray.data.ActorPoolStrategy(size=plan["actors"]), num_cpus=plan["num_cpus"],
-        num_gpus=plan["num_gpus"] or None)
+    plan, batch_size = plan_embedding(cfg, len(paths))
+    model = {"model": dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.inference)}
+    embedded = actor_stage(clips, VideoEmbedder, model, plan, batch_size)
     rows, seconds, first_t, first_rows = _timed(embedded.iter_batches(batch_size=None))
     embed = {"videos": rows, "seconds": seconds, "videos_per_s": rows / seconds,
              "steady_videos_per_s": (rows - first_rows) / max(seconds - first_t, 1e-9),
-             "actors": plan["actors"]}
+             "actors": plan.actors}
     return decode, embed
 
 
@@ -162,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tempme")
     parser.add_argument("--faiss-n", type=int, default=20000, help="vectors for the FAISS rows (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="write {'rows': [...]} to this file")
-    parser.add_argument("overrides", nargs="*", help="index config overrides, e.g. ray.embed_actors=2")
+    parser.add_argument("overrides", nargs="*", help="index config overrides, e.g. ray.actors.count=2")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
 
     import ray
-    from tomeray.pipeline.ray_session import init_ray
+    from tomeray.pipeline.core.ray_session import init_ray
 
     overrides = [f"model.arch={args.arch}", f"model.preset={args.preset}", "model.pretrained=none",
-                 "output.progress=false", *args.overrides]
+                 "ray.progress=false", *args.overrides]
     cfg = load_config(IndexConfig, "index", overrides)
     work = Path(tempfile.mkdtemp(prefix="bench_index_"))
     try:

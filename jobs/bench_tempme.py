@@ -28,7 +28,7 @@ import torch
 from tomeray.models.clip import load_clip
 from tomeray.models.frames import preprocess_frames, sample_frame_indices
 from tomeray.models.tempme import PRESETS, TempMeEncoder
-from tomeray.pipeline.store import atomic_write_json
+from tomeray.pipeline.core.atomic import atomic_write_json
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
 VIDEOS = ("vtest.avi", "Megamind.avi", "tree.avi")

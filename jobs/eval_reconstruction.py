@@ -19,8 +19,8 @@ import math
 import sys
 
 from tomeray.models.errors import TomerayError
-from tomeray.pipeline.evaluation import evaluate
-from tomeray.pipeline.store import atomic_write_json
+from tomeray.pipeline.core.atomic import atomic_write_json
+from tomeray.pipeline.reconstruction.evaluation import evaluate
 
 
 def _parser() -> argparse.ArgumentParser:

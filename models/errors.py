@@ -5,6 +5,8 @@ Every error a user can cause (bad config, bad input, missing weights) derives fr
 Input and config errors are also ``ValueError`` so callers that expect the builtin still work.
 """
 
+__all__ = ["ConfigError", "InputError", "TomerayError", "WeightsError", "one_line"]
+
 
 class TomerayError(Exception):
     """Base class of every error tomeray raises on purpose."""
@@ -20,3 +22,10 @@ class InputError(TomerayError, ValueError):
 
 class WeightsError(TomerayError):
     """Model weights could not be found, downloaded or loaded."""
+
+
+def one_line(error: BaseException, limit: int = 500) -> str:
+    """An error as one line of at most ``limit`` characters, for error tables and messages (native
+    libraries such as decord append C++ stack traces to their messages: only the human part is kept)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(" Stack trace")[0][:limit]

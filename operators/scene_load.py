@@ -32,7 +32,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tomeray.models.errors import InputError
+from tomeray.models.errors import InputError, one_line
+from tomeray.operators.video_io import FrameReader, container_truncation, load_decord
+from tomeray.operators.worker import node_id
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -175,23 +177,10 @@ def video_frame_indices(n_frames: int, fps: float, num_frames: int = 16,
     return idx
 
 
-def _monotonic_timestamps(reader) -> bool:
-    """decord seeks by timestamp: without strictly increasing ones, random access returns wrong
-    frames silently, so such videos are read sequentially."""
-    try:
-        pts = np.asarray(reader.get_frame_timestamp(np.arange(len(reader))), np.float64)
-        pts = pts.reshape(len(reader), -1)
-    except Exception:  # noqa: BLE001 - decord raises several error types; any failure means "no"
-        return False
-    return bool(np.isfinite(pts[:, 0]).all() and (pts[:, 0] >= 0).all() and (np.diff(pts[:, 0]) > 0).all())
-
-
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps: float | None = None,
                       max_frames: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """(frame numbers, RGB uint8 frames) sampled by ``video_frame_indices``; when ``max_frames`` > 0
     only that many of them, evenly spaced (the view budget), are decoded."""
-    from tomeray.operators.video_decode import container_truncation, load_decord
-
     decord = load_decord()
 
     path = os.fspath(path)
@@ -211,21 +200,7 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
         indices.sort()
     if not len(indices):
         raise ImageReadError("the video has no frames")
-    if _monotonic_timestamps(reader):
-        return indices, list(reader.get_batch(indices).asnumpy())
-    frames, wanted, position = [], set(indices.tolist()), 0
-    reader.seek(0)
-    while position <= indices[-1]:
-        try:
-            frame = reader.next()
-        except StopIteration:
-            break
-        if position in wanted:
-            frames.append(frame.asnumpy())
-        position += 1
-    if len(frames) < len(indices):
-        raise ImageReadError(f"the video claims {n} frames but only {position} could be decoded")
-    return indices, frames
+    return indices, list(FrameReader(reader).read(indices))
 
 
 # ------------------------------------------------------------------------------------------- views
@@ -266,15 +241,14 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
     import torch
     from tomeray.models.vggt.preprocess import preprocess_images
 
-    scene = spec["scene"]
     errors: list[dict] = []
     loaded: list[tuple[int, str, np.ndarray]] = []  # (frame_idx, path, rgb)
     skipped = 0
     budget = max_views if policy == "subsample" else 0
 
     def fail(path: str, error: BaseException) -> None:
-        errors.append({"scene": scene, "image_path": path, "stage": "load",
-                       "error_type": type(error).__name__, "message": _one_line(error)})
+        errors.append({"path": path, "stage": "load", "error_type": type(error).__name__,
+                       "message": one_line(error)})
 
     if "video" in spec:
         try:
@@ -321,11 +295,6 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
     }
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:500]
-
-
 class SceneLoader:
     """Ray Data stage: ``{scene, spec}`` rows (``spec`` a JSON string, see ``load_scene_views``) ->
     one row per scene with the preprocessed views. Never raises for bad input: failures travel in
@@ -346,8 +315,8 @@ class SceneLoader:
         except Exception as e:  # noqa: BLE001 - a bug or an unforeseen input must not fail the job
             log.exception("loading scene %s failed", spec["scene"])
             out = load_scene_views({"scene": spec["scene"], "images": []}, **self.options)
-            out["errors"] = [{"scene": spec["scene"], "image_path": "", "stage": "load",
-                              "error_type": type(e).__name__, "message": _one_line(e)}]
+            out["errors"] = [{"path": "", "stage": "load", "error_type": type(e).__name__,
+                              "message": one_line(e)}]
         row = {k: out[k] for k in ("images", "frame_idx", "orig_hw", "scale_xy", "offset_xy", "content_hw")}
         return {
             "scene": np.asarray([spec["scene"]], dtype=object),
@@ -355,14 +324,6 @@ class SceneLoader:
             "image_path": np.asarray([json.dumps(out["image_path"])], dtype=object),
             "skipped": np.asarray([out["skipped"]], np.int64),
             "errors": np.asarray([json.dumps(out["errors"])], dtype=object),
-            "load_node": np.asarray([_node_id()], dtype=object),
+            "load_node": np.asarray([node_id()], dtype=object),
         }
 
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    except Exception:  # noqa: BLE001 - outside Ray
-        return ""

@@ -5,11 +5,7 @@ mode one row per window of ``segment_s`` seconds. Frames are decoded straight to
 resolution (decord scales while decoding, shorter side -> ``image_size``) and centre-cropped, so a
 row carries ``(T, S, S, 3)`` uint8, not full-size frames.
 
-Random access and broken timestamps: decord seeks by presentation timestamp. Containers without
-usable timestamps (e.g. MPEG-4 AVIs with packed B-frames such as opencv-doc's ``Megamind.avi``)
-make ``get_batch``, ``seek`` and ``skip_frames`` return *wrong frames without an error*. Such
-videos are therefore read sequentially (every frame up to the last one needed), which gives the
-same frames as OpenCV's sequential reader; videos with monotonic timestamps use ``get_batch``.
+Videos without usable timestamps are read sequentially (``operators.video_io.FrameReader``).
 
 Damage is an error, not a silent degradation. Besides files decord cannot open, two checks catch
 files that would otherwise decode "successfully" with missing or garbage frames:
@@ -29,15 +25,24 @@ from __future__ import annotations
 import math
 import os
 import re
-import struct
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from tomeray.models.errors import InputError
+from tomeray.models.errors import one_line
 from tomeray.models.frames import center_crop, resized_hw, sample_frame_indices
+from tomeray.operators.video_io import (
+    CorruptVideoError,
+    FrameReader,
+    TruncatedVideoError,
+    UnreadableVideoError,
+    container_truncation,
+    has_usable_timestamps,
+    load_decord,
+)
+from tomeray.operators.worker import node_id
 
 __all__ = [
     "Clip",
@@ -49,18 +54,6 @@ __all__ = [
     "empty_clip_row",
     "segment_windows",
 ]
-
-
-class UnreadableVideoError(InputError):
-    """The file is missing, empty, or not a video decord can open."""
-
-
-class TruncatedVideoError(InputError):
-    """The container declares more data than the file holds."""
-
-
-class CorruptVideoError(InputError):
-    """The decoder reported damaged data."""
 
 
 @dataclass
@@ -89,51 +82,6 @@ def segment_windows(n_frames: int, fps: float, segment_s: float | None) -> list[
     count = max(1, math.ceil(n_frames / step - 1e-9))
     bounds = [min(n_frames, int(round(i * step))) for i in range(count)] + [n_frames]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def _has_usable_timestamps(reader) -> bool:
-    """True when every frame has a finite, non-negative, strictly increasing start time."""
-    try:
-        pts = np.asarray(reader.get_frame_timestamp(np.arange(len(reader))), dtype=np.float64)
-    except Exception:  # noqa: BLE001 - decord raises its own error types; any failure means "no"
-        return False
-    starts = pts.reshape(len(reader), -1)[:, 0]
-    return bool(np.isfinite(starts).all() and (starts >= 0).all() and (np.diff(starts) > 0).all())
-
-
-def container_truncation(path: str | os.PathLike) -> str | None:
-    """Why the file is shorter than its container says (RIFF/AVI, ISO-BMFF/MP4/MOV), or None.
-
-    Walks the top-level chunks/boxes by their size fields only; other containers return None."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if head[:4] == b"RIFF":  # AVI: RIFF 'AVI ' chunk, then 'AVIX' chunks for files over 1 GB
-            position = 0
-            while position + 8 <= size:
-                f.seek(position)
-                tag, length = struct.unpack("<4sI", f.read(8))
-                end = position + 8 + length + (length & 1)
-                if end > size + (length & 1):
-                    return f"the {tag.decode('latin-1')!r} chunk ends at byte {end}, the file has {size}"
-                position = end
-            return None
-        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
-            position = 0
-            while position + 8 <= size:
-                f.seek(position)
-                length, kind = struct.unpack(">I4s", f.read(8))
-                if length == 1:
-                    length = struct.unpack(">Q", f.read(8))[0]
-                elif length == 0:  # the last box runs to the end of the file
-                    return None
-                if length < 8:
-                    return f"box {kind!r} at byte {position} has an invalid size {length}"
-                if position + length > size:
-                    end = position + length
-                    return f"box {kind.decode('latin-1')!r} ends at byte {end}, the file has {size}"
-                position += length
-    return None
 
 
 _FFMPEG_LINE = re.compile(r"^\[[\w.,-]+ @ 0x[0-9a-fA-F]+\]\s*(.*\S)?")
@@ -226,16 +174,6 @@ def decode_clips(
         damaged(log)
 
 
-def load_decord():
-    """The decord module, imported only after OpenCV. decord's bundled FFmpeg brings its own zlib;
-    loaded first, it breaks OpenCV's PNG decoding for the rest of the process ("libpng error: bad
-    parameters to zlib"), which would fail image loading in any Ray worker that decoded a video."""
-    import cv2  # noqa: F401 - must be loaded before decord
-    import decord
-
-    return decord
-
-
 def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | None,
             segment_s: float | None, num_threads: int) -> Iterator[Clip]:
     decord = load_decord()
@@ -246,7 +184,7 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
         height, width = probe.next().shape[:2]
     except (RuntimeError, AssertionError, StopIteration, decord.DECORDError):
         raise UnreadableVideoError("not a readable video") from None
-    seekable = _has_usable_timestamps(probe)
+    seekable = has_usable_timestamps(probe)
     del probe
     h, w = resized_hw(height, width, image_size)
     reader = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=num_threads)
@@ -267,33 +205,15 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
         to_s = (lambda f: f / fps) if math.isfinite(duration) else (lambda f: float("nan"))
         return Clip(out, mask, indices.astype(np.int64), to_s(start), to_s(end), duration, fps, n_frames)
 
-    if seekable:
-        for number, (start, end, indices) in enumerate(plans):
-            frames = reader.get_batch(indices).asnumpy()
-            if number == len(plans) - 1:
-                reader = None  # joins decord's read-ahead thread, so its messages are captured now
-            yield clip(start, end, indices, frames)
-        return
-    # Sequential: one pass over the frames, each clip emitted as soon as its last frame is read.
-    wanted: dict[int, np.ndarray] = {}
-    needed = {int(i) for _, _, idx in plans for i in idx}
-    position = 0
-    for start, end, indices in plans:
-        last = int(indices.max())
-        while position <= last:
-            try:
-                frame = reader.next()
-            except StopIteration:
-                raise CorruptVideoError(
-                    f"the container claims {n_frames} frames but only {position} could be decoded") from None
-            if position in needed:
-                wanted[position] = frame.asnumpy()
-            position += 1
-        frames = np.stack([wanted[int(i)] for i in indices])
-        if end == plans[-1][1]:
-            reader = None  # joins decord's read-ahead thread, so its messages are captured now
+    # Windows are disjoint and in order, so even a sequential reader makes one pass, and each clip
+    # is emitted as soon as its last frame is read.
+    frames_of = FrameReader(reader, seekable)
+    del reader
+    for number, (start, end, indices) in enumerate(plans):
+        frames = frames_of.read(indices)
+        if number == len(plans) - 1:
+            frames_of.close()  # decord's read-ahead thread is joined, so its messages are captured now
         yield clip(start, end, indices, frames)
-        wanted.clear()  # windows are disjoint and in order: later clips need later frames only
 
 
 def empty_clip_row(num_frames: int, image_size: int) -> dict:
@@ -306,7 +226,7 @@ def empty_clip_row(num_frames: int, image_size: int) -> dict:
 
 
 class VideoDecoder:
-    """Ray Data stage: ``{path, key, video_id}`` rows -> clip rows (see the module docstring).
+    """Ray Data stage: ``{path, key}`` rows -> clip rows (see the module docstring).
 
     Use an *instance* with ``map_batches`` so it runs as stateless tasks; construction is cheap."""
 
@@ -326,38 +246,33 @@ class VideoDecoder:
         self.segment_s = segment_s
         self.num_threads = int(num_threads)
 
-    def rows(self, path: str, key: str, video_id: int) -> Iterator[dict]:
+    def rows(self, path: str, key: str) -> Iterator[dict]:
         """Output rows of one video: one per clip, or a single error row."""
-        from tomeray.pipeline.index_layout import stable_id  # ids are defined by the index layout
-
-        node = _node_id()
-        base = {"path": path, "key": key, "decode_node": node, "error_stage": "", "error_type": "",
+        base = {"path": path, "key": key, "decode_node": node_id(), "error_stage": "", "error_type": "",
                 "error_message": ""}
         emitted = 0
         try:
             for c in decode_clips(path, self.image_size, self.num_frames, self.sample_fps, self.segment_s,
                                   self.num_threads, self.strict):
-                segmented = bool(self.segment_s) and self.segment_s > 0
                 yield {
                     **base,
-                    "video_id": stable_id(key, c.start_s) if segmented else int(video_id),
                     "start_s": c.start_s, "end_s": c.end_s, "duration_s": c.duration_s, "fps": c.fps,
                     "n_frames": c.n_frames, "frame_indices": c.frame_indices, "frames": c.frames,
                     "mask": c.mask,
                 }
                 emitted += 1
         except Exception as e:  # noqa: BLE001 - any decoder failure is this input's error, not the job's
-            message = _one_line(e)
+            message = one_line(e)
             if emitted:
                 message = f"after {emitted} clip(s): {message}"
             nan = float("nan")
-            yield {**base, **empty_clip_row(self.num_frames, self.image_size), "video_id": int(video_id),
+            yield {**base, **empty_clip_row(self.num_frames, self.image_size),
                    "start_s": nan, "end_s": nan, "duration_s": nan, "fps": nan, "n_frames": 0,
                    "error_stage": "decode", "error_type": type(e).__name__, "error_message": message}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for path, key, video_id in zip(batch["path"], batch["key"], batch["video_id"]):
-            for row in self.rows(str(path), str(key), int(video_id)):
+        for path, key in zip(batch["path"], batch["key"]):
+            for row in self.rows(str(path), str(key)):
                 yield _as_batch([row])
 
 
@@ -372,18 +287,3 @@ def _as_batch(rows: list[dict]) -> dict[str, np.ndarray]:
         else:
             batch[name] = np.stack(values) if isinstance(values[0], np.ndarray) else np.asarray(values)
     return batch
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    # decord appends C++ stack traces to its messages; keep the human part.
-    return text.split(" Stack trace")[0][:500]
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    except Exception:  # noqa: BLE001 - node ids are diagnostics only
-        return "unknown"

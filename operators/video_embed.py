@@ -14,8 +14,10 @@ import logging
 
 import numpy as np
 import torch
+from tomeray.models.errors import one_line
 from tomeray.models.frames import normalize_frames
 from tomeray.models.tempme import VideoModelConfig, create_video_encoder
+from tomeray.operators.worker import node_id
 
 __all__ = ["VideoEmbedder"]
 
@@ -37,7 +39,7 @@ class VideoEmbedder:
         # videos only: no text tower
         self.encoder = create_video_encoder(cfg, with_text=False, device=device, precision=precision)
         self.model_config = dataclasses.asdict(cfg)
-        self.node_id = _node_id()
+        self.node_id = node_id()
         log.info("video embedder ready: %s on %s (%s)", cfg.arch, self.encoder.device,
                  self.encoder.weights_id)
 
@@ -66,17 +68,9 @@ class VideoEmbedder:
                         embedding[i] = self.embed(batch["frames"][i : i + 1], batch["mask"][i : i + 1])[0]
                     except Exception as e:  # noqa: BLE001 - reported in the errors table
                         error_stage[i], error_type[i] = "embed", type(e).__name__
-                        error_message[i] = " ".join(str(e).split())[:500] or type(e).__name__
+                        error_message[i] = one_line(e)
         out.update(embedding=embedding, error_stage=error_stage.astype(str),
                    error_type=error_type.astype(str), error_message=error_message.astype(str),
                    embed_node=np.full(n, self.node_id))
         return out
 
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    except Exception:  # noqa: BLE001 - node ids are diagnostics only
-        return "unknown"

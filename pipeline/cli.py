@@ -1,5 +1,5 @@
-"""The ``tomeray`` command. Each sub-command lives in its own pipeline module exposing
-``main(argv) -> int``; this file only dispatches, so ``tomeray --help`` stays fast."""
+"""The ``tomeray`` command. Each sub-command lives in a module exposing ``main(argv) -> int`` (which
+runs through ``pipeline.core.runner``); this file only dispatches, so ``tomeray --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -9,19 +9,28 @@ import importlib.util
 import logging
 import sys
 
-# name -> (module with main(argv), one-line help)
 P = "tomeray.pipeline."
+# name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": (P + "demo", "index the opencv-doc sample videos, then search them (the quick start)"),
-    "index": (P + "video_index", "embed a video corpus into a FAISS + Parquet index (resumable)"),
-    "search": (P + "search", "search an index with a text query or a video"),
-    "reconstruct": (P + "reconstruct", "reconstruct cameras and point clouds from image folders"),
-    "config": (P + "show_config", "print a job's resolved configuration (defaults + overrides)"),
+    "demo": (P + "video.demo", "index the opencv-doc sample videos, then search them (the quick start)"),
+    "index": (P + "video.cli", "embed a video corpus into a FAISS + Parquet index (resumable)"),
+    "search": (P + "video.search_cli", "search an index with a text query or a video"),
+    "reconstruct": (P + "reconstruction.cli", "reconstruct cameras and point clouds from image folders"),
+    "config": (P + "config_cli", "print a job's resolved configuration (defaults + overrides)"),
 }
 
 
 def available_commands() -> dict[str, tuple[str, str]]:
     return {n: c for n, c in COMMANDS.items() if importlib.util.find_spec(c[0]) is not None}
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # libraries that narrate their start-up at INFO (open_clip logs on the root logger)
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if verbose:
         argv = argv[1:]
     args = parser.parse_args(argv[:1] if argv else [])
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not verbose:  # libraries that narrate their start-up at INFO (open_clip logs on the root logger)
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
+    configure_logging(verbose)
     module = importlib.import_module(commands[args.command][0])
     return int(module.main(argv[1:]) or 0)
 

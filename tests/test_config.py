@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
-from tomeray.pipeline.config import MISSING, ConfigError, load_config, save_config
+from tomeray.pipeline.core.config import MISSING, ConfigError, load_config, save_config
 
 
 @dataclass
@@ -97,4 +97,5 @@ def test_cli_config_prints_resolved_job_config(job, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["pretrained"] == "none"
     assert main(["config", job, "model.bogus=1"]) == 2
-    assert "unknown config key 'model.bogus'" in capsys.readouterr().out
+    err = capsys.readouterr().err  # errors go to stderr, as every tomeray command's do
+    assert err.startswith("tomeray config: error: unknown config key 'model.bogus'")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from tomeray.models.errors import TomerayError
-from tomeray.pipeline import demo, search
-from tomeray.pipeline.index_layout import IndexLayout
+from tomeray.pipeline.video import demo, search_cli
+from tomeray.pipeline.video.layout import IndexLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,8 @@ def test_demo_offline_falls_back_to_random_weights_and_still_searches(tmp_path, 
     assert first_hit.split()[1] == "1.0000" and first_hit.endswith("tree.avi")
 
     # The index the Ray job wrote is searchable from the CLI, by text and JSON.
-    argv = [str(out), "people walking down a street", "-k", "4", "--json", "--device", "cpu"]
-    assert search.main(argv) == 0
+    argv = [str(out), "people walking down a street", "-k", "4", "--json", "inference.device=cpu"]
+    assert search_cli.main(argv) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["random_weights"] is True and len(payload["results"]) == 4
     assert {Path(r["path"]).name for r in payload["results"]} == set(demo.DEMO_VIDEOS)

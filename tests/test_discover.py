@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tomeray.models.errors import InputError
-from tomeray.pipeline.discover import discover_videos
+from tomeray.pipeline.video.discover import discover_videos
 
 
 @pytest.fixture

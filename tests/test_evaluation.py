@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 from tomeray.jobs.eval_reconstruction import main as eval_main
 from tomeray.models.errors import InputError
-from tomeray.pipeline.evaluation import (
-    Sim3,
-    camera_centers,
-    evaluate,
-    match_names,
-    point_metrics,
-    pose_metrics,
-    rotation_angle_deg,
-    umeyama,
-)
-from tomeray.pipeline.exports import quaternion_to_rotation, write_colmap_text, write_ply
-from tomeray.pipeline.recon_store import cameras_table
+from tomeray.models.pose import Sim3, camera_centers, quaternion_to_rotation, rotation_angle_deg, umeyama
+from tomeray.pipeline.reconstruction.evaluation import evaluate, match_names, point_metrics, pose_metrics
+from tomeray.pipeline.reconstruction.exports import write_colmap_text, write_ply
+from tomeray.pipeline.reconstruction.layout import cameras_table
 
 
 def rot(axis, degrees):

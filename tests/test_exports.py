@@ -6,14 +6,8 @@ import numpy as np
 import pycolmap
 import pytest
 from tomeray.models.errors import InputError
-from tomeray.pipeline.exports import (
-    quaternion_to_rotation,
-    read_colmap_text,
-    read_ply,
-    rotation_to_quaternion,
-    write_colmap_text,
-    write_ply,
-)
+from tomeray.models.pose import quaternion_to_rotation, rotation_to_quaternion
+from tomeray.pipeline.reconstruction.exports import read_colmap_text, read_ply, write_colmap_text, write_ply
 
 
 def random_rotations(n: int, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tomeray.jobs.bench_faiss import make_vectors
 from tomeray.models.errors import ConfigError, InputError, TomerayError
-from tomeray.pipeline import faiss_index as fi
+from tomeray.pipeline.video import faiss_index as fi
 
 
 def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_presets_size_themselves_and_fall_back_to_flat_when_too_small(caplog):
     assert fi.resolve_factory("IVF ", 5000, 512) == "IVF128,Flat"  # nlist capped at N/39
     assert fi.resolve_factory("hnsw", 10, 512) == "HNSW32"
     assert fi.resolve_factory("IVF64,Flat", 10, 512) == "IVF64,Flat"  # factory strings are literal
-    with caplog.at_level(logging.WARNING, logger="tomeray.pipeline.faiss_index"):
+    with caplog.at_level(logging.WARNING, logger="tomeray.pipeline.video.faiss_index"):
         index = fi.build_index(unit(100, 16), np.arange(100), "ivf")
     assert "Flat" in caplog.text and "ivf" in caplog.text
     assert isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)

@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from media import write_video
 from ray_cluster import REPO, RayHead, kill_driver_when
-from tomeray.pipeline.index_layout import IndexLayout, id_key, stable_id
+from tomeray.pipeline.video.ids import id_key, stable_id
+from tomeray.pipeline.video.layout import IndexLayout
 
-FAST = ["model.arch=ViT-S-32", "model.pretrained=none", "inference.device=cpu", "output.progress=false"]
+FAST = ["model.arch=ViT-S-32", "model.pretrained=none", "inference.device=cpu", "ray.progress=false"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -61,7 +62,7 @@ def test_work_runs_on_both_nodes(cluster, corpus, tmp_path):
     other one: the rows must carry two distinct node ids, one per raylet."""
     out = tmp_path / "idx"
     cmd = [sys.executable, "-m", "tomeray.jobs.index_videos", str(corpus), "--out", str(out), *FAST,
-           "ray.embed_actors=1", "ray.embed_num_cpus=1", "ray.decode_num_cpus=1"]
+           "ray.actors.count=1", "ray.actors.num_cpus=1", "ray.tasks.num_cpus=1"]
     proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = (out / "runs").glob("*.json")
@@ -76,7 +77,7 @@ def test_resume_after_the_driver_is_killed(cluster, corpus, tmp_path):
     out = tmp_path / "idx"
     # One row per shard and per embed batch, so shards appear while the run is far from done.
     cmd = [sys.executable, "-m", "tomeray.jobs.index_videos", str(corpus), "--out", str(out), *FAST,
-           "output.shard_rows=1", "ray.batch_size=1", "ray.embed_actors=1"]
+           "output.shard_rows=1", "ray.actors.batch_size=1", "ray.actors.count=1"]
     kill_driver_when(cmd, cluster.env, lambda: any((out / "embeddings").glob("part-*.parquet")),
                      "writing a shard")
     layout = IndexLayout(out)

@@ -17,13 +17,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from media import write_video
-from tomeray.pipeline.faiss_index import index_ids, load_index, search_index
-from tomeray.pipeline.index_layout import IndexLayout, id_key, stable_id
-from tomeray.pipeline.search import VideoSearcher
-from tomeray.pipeline.video_index import main, run_index
+from tomeray.pipeline.video.cli import main
+from tomeray.pipeline.video.faiss_index import index_ids, load_index, search_index
+from tomeray.pipeline.video.ids import id_key, stable_id
+from tomeray.pipeline.video.job import run_index
+from tomeray.pipeline.video.layout import IndexLayout
+from tomeray.pipeline.video.search import VideoSearcher
 
 MODEL = {"arch": "ViT-S-32", "pretrained": "none", "preset": "tempme", "num_frames": 12}
-FAST = [f"model.{k}={v}" for k, v in MODEL.items()] + ["inference.device=cpu", "output.progress=false"]
+FAST = [f"model.{k}={v}" for k, v in MODEL.items()] + ["inference.device=cpu", "ray.progress=false"]
 GOOD = ["vtest.avi", "Megamind.avi", "tree.avi", "Megamind_bugy.avi", "one frame.avi", "odd 321x243.avi",
         "five frames.avi", "ñandú 視頻.avi"]
 BAD = {"zero.mp4": "decode", "text.mp4": "decode", "truncated.avi": "decode", "corrupt.avi": "decode",
@@ -152,7 +154,7 @@ def test_rerun_indexes_only_new_inputs_and_retries_failures(built, corpus, tmp_p
     before = IndexLayout(out).read_embeddings()
     new = write_video(tmp_path / "new.avi", 15, 128, 96, seed=9)
     inputs = [str(corpus["media"]), str(corpus["list"]), str(new)]
-    summary = run_index(inputs, out, FAST + ["ray.embed_actors=1"])
+    summary = run_index(inputs, out, FAST + ["ray.actors.count=1"])
     assert (summary.indexed, summary.skipped, summary.failed) == (1, len(GOOD), len(BAD))
     layout = IndexLayout(out)
     after = layout.read_embeddings()
@@ -190,7 +192,7 @@ def test_segment_mode_rows_carry_time_ranges(ray_local, opencv_data, tmp_path):
     out = tmp_path / "seg"
     inputs = [str(opencv_data / "vtest.avi"), str(opencv_data / "tree.avi")]
     overrides = FAST + ["sampling.segment_s=20", "model.num_frames=4", "model.preset=none",
-                        "ray.embed_actors=1"]
+                        "ray.actors.count=1"]
     summary = run_index(inputs, out, overrides)
     assert (summary.indexed, summary.failed, summary.rows) == (2, 0, 5)  # 4 windows of vtest + tree
     table = IndexLayout(out).read_embeddings().sort_by("start_s")
@@ -205,7 +207,7 @@ def test_segment_mode_rows_carry_time_ranges(ray_local, opencv_data, tmp_path):
 def test_merge_deduplicates_and_refuses_incompatible_indexes(built, ray_local, opencv_data, tmp_path):
     other = tmp_path / "other"
     extra = write_video(tmp_path / "extra.avi", 12, 96, 96, seed=11)
-    run_index([str(opencv_data / "tree.avi"), str(extra)], other, FAST + ["ray.embed_actors=1"])
+    run_index([str(opencv_data / "tree.avi"), str(extra)], other, FAST + ["ray.actors.count=1"])
     merged = tmp_path / "merged"
     assert main(["--merge", str(built["out"]), str(other), "--out", str(merged)]) == 0
     layout = IndexLayout(merged)
@@ -219,5 +221,5 @@ def test_merge_deduplicates_and_refuses_incompatible_indexes(built, ray_local, o
     assert IndexLayout(merged).read_embeddings().num_rows == len(GOOD) + 1
     # an index made with another model is refused
     seg = tmp_path / "seg"
-    run_index([str(opencv_data / "tree.avi")], seg, FAST + ["model.preset=none", "ray.embed_actors=1"])
+    run_index([str(opencv_data / "tree.avi")], seg, FAST + ["model.preset=none", "ray.actors.count=1"])
     assert main(["--merge", str(seg), "--out", str(merged)]) == 2

@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from ray_cluster import REPO, RayHead, kill_driver_when
-from tomeray.pipeline.recon_store import ReconLayout, load_scene
+from tomeray.pipeline.reconstruction.layout import ReconLayout
+from tomeray.pipeline.reconstruction.results import load_scene
 
-FAST = ["model.arch=vggt-tiny", "model.pretrained=none", "output.progress=false", "points.max_points=20000"]
+FAST = ["model.arch=vggt-tiny", "model.pretrained=none", "ray.progress=false", "points.max_points=20000"]
 PAIRS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12]  # opencv-doc has no left10/right10
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -62,7 +63,7 @@ def test_ray_job_submit_with_token_auth(cluster, scenes, tmp_path):
 def test_resume_after_the_driver_is_killed(cluster, scenes, tmp_path):
     out = tmp_path / "recon"
     cmd = [sys.executable, "-m", "tomeray.jobs.reconstruct_scenes", str(scenes), "--out", str(out), *FAST,
-           "ray.load_concurrency=1"]
+           "ray.tasks.concurrency=1"]
     kill_driver_when(cmd, cluster.env, lambda: any((out / "scenes").glob("*.json")), "finishing a scene")
     layout = ReconLayout(out)
     before = layout.finished_scenes()

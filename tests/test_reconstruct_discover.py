@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from tomeray.pipeline.config import load_config
-from tomeray.pipeline.reconstruct import ReconConfig, discover_scenes, main
+from tomeray.pipeline.core.config import load_config
+from tomeray.pipeline.reconstruction.cli import main
+from tomeray.pipeline.reconstruction.config import ReconConfig
+from tomeray.pipeline.reconstruction.discover import discover_scenes
 
 
 @pytest.fixture
@@ -83,4 +85,4 @@ def test_bad_settings_fail_before_any_work(tmp_path, opencv_data, override, mess
 def test_arguments(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2 and "--out is required" in capsys.readouterr().err
     assert main(["--summary", str(tmp_path)]) == 2
-    assert "not a reconstruction output" in capsys.readouterr().err
+    assert "no reconstruction output at" in capsys.readouterr().err

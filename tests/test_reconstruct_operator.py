@@ -8,16 +8,15 @@ import json
 
 import numpy as np
 import pytest
-from tomeray.operators.reconstruct import (
+from tomeray.models.pose import Sim3, quaternion_to_rotation
+from tomeray.operators.scene_load import load_scene_views
+from tomeray.operators.scene_reconstruct import (
     SceneReconstructor,
     chunk_alignment,
     content_mask,
     original_intrinsics,
     split_chunks,
 )
-from tomeray.operators.scene_load import load_scene_views
-from tomeray.pipeline.evaluation import Sim3
-from tomeray.pipeline.exports import quaternion_to_rotation
 
 TINY = {"arch": "vggt-tiny", "pretrained": "none"}
 

@@ -15,20 +15,16 @@ import pyarrow.parquet as pq
 import pycolmap
 import pytest
 from PIL import Image
-from tomeray.pipeline.exports import read_ply
-from tomeray.pipeline.recon_store import (
-    CAMERAS_SCHEMA,
-    ERRORS_SCHEMA,
-    POINTS_SCHEMA,
-    ReconLayout,
-    load_scene,
-    to_open3d,
-)
-from tomeray.pipeline.reconstruct import main, run_reconstruct
+from tomeray.pipeline.core.errors_table import ERRORS_SCHEMA
+from tomeray.pipeline.reconstruction.cli import main
+from tomeray.pipeline.reconstruction.exports import read_ply
+from tomeray.pipeline.reconstruction.job import run_reconstruct
+from tomeray.pipeline.reconstruction.layout import CAMERAS_SCHEMA, POINTS_SCHEMA, ReconLayout
+from tomeray.pipeline.reconstruction.results import load_scene, to_open3d
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-FAST = ["model.arch=vggt-tiny", "model.pretrained=none", "output.progress=false", "points.max_points=20000",
+FAST = ["model.arch=vggt-tiny", "model.pretrained=none", "ray.progress=false", "points.max_points=20000",
         "export.colmap_max_points=2000", "load.max_pixels=5000000"]
 EXPECTED_VIEWS = {"chess": 4, "aloe": 2, "leuven": 2, "mixed": 5, "single": 1, "nested": 2, "clip": 4}
 
@@ -127,11 +123,11 @@ def test_every_scene_yields_cameras_and_points(run, scenes):
     assert layout.read_manifest()["counts"]["scenes"] == 7
 
 
-def test_bad_inputs_land_in_the_errors_table(run):
+def test_bad_inputs_land_in_the_errors_table(run, scenes):
     out, _ = run
     errors = pq.read_table(ReconLayout(out).errors_path)
     assert errors.schema.equals(ERRORS_SCHEMA)
-    rows = {(e["scene"], e["image_path"].rsplit("/", 1)[-1], e["stage"], e["error_type"])
+    rows = {(e["item"], e["path"].rsplit("/", 1)[-1], e["stage"], e["error_type"])
             for e in errors.to_pylist()}
     assert rows == {
         ("mixed", "fake.jpg", "load", "ImageReadError"),
@@ -139,10 +135,11 @@ def test_bad_inputs_land_in_the_errors_table(run):
         ("mixed", "trunc.jpg", "load", "ImageReadError"),
         ("broken", "a.jpg", "load", "ImageReadError"),
         ("broken", "b.png", "load", "ImageReadError"),
-        ("broken", "", "load", "NoUsableImages"),
+        ("broken", "broken", "load", "NoUsableImages"),  # a scene-level error: its folder
         ("empty", "empty", "discover", "NoImages"),
     }
-    messages = {e["image_path"].rsplit("/", 1)[-1]: e["message"] for e in errors.to_pylist()}
+    messages = {e["path"].rsplit("/", 1)[-1]: e["message"] for e in errors.to_pylist()}
+    assert {e["input"] for e in errors.to_pylist()} == {str(scenes)}  # the input as the user gave it
     assert "truncated" in messages["trunc.jpg"] and "max_pixels" in messages["huge.jpg"]
 
 
@@ -200,7 +197,7 @@ def test_rerun_resumes_and_settings_are_pinned(run, scenes, capsys):
 
     assert main([str(scenes), "--out", str(out), *FAST, "points.max_points=10"]) == 2
     err = capsys.readouterr().err
-    assert "other settings" in err and "points.max_points" in err
+    assert "incompatible" in err and "settings.points.max_points" in err
 
 
 def test_scene_lists_split_policy_and_pad_mode(opencv_data, tmp_path, ray_local):
@@ -222,6 +219,7 @@ def test_scene_lists_split_policy_and_pad_mode(opencv_data, tmp_path, ray_local)
     cams = load_scene(tmp_path / "out", "pairs")[0]
     assert cams.frame_idx.tolist() == [0, 1, 3, 4, 5]  # list order; the missing file (2) is reported
     (failure,) = summary.failures
-    assert failure["image_path"].endswith("missing.jpg") and "No such file" in failure["message"]
+    assert failure["path"].endswith("missing.jpg") and "No such file" in failure["message"]
+    assert failure["item"] == "pairs" and failure["input"] == str(lst)  # the input as given
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["settings"]["views"]["policy"] == "split" and manifest["counts"]["scenes"] == 2

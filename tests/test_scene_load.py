@@ -138,10 +138,12 @@ def test_scene_with_mixed_sizes_bad_files_and_a_budget(opencv_data, aloe_small, 
     # no budget: everything is tried; failures are reported per image and the rest is used
     out = load_scene_views({"scene": "mixed", "images": paths}, max_views=0)
     assert out["frame_idx"].tolist() == [0, 2, 3, 5]
-    failed = {e["image_path"]: e for e in out["errors"]}
+    failed = {e["path"]: e for e in out["errors"]}
     assert set(failed) == {paths[1], paths[4]}
     assert failed[paths[4]]["error_type"] == "InputError" and "aspect ratio" in failed[paths[4]]["message"]
-    assert all(e["scene"] == "mixed" and e["stage"] == "load" for e in out["errors"])
+    # the job adds the scene and the input (pipeline.reconstruction.writer)
+    assert all(set(e) == {"path", "stage", "error_type", "message"} and e["stage"] == "load"
+               for e in out["errors"])
 
     padded = load_scene_views({"scene": "mixed", "images": paths[:1] + paths[2:4]}, mode="pad")
     assert padded["images"].shape[1:3] == (518, 518)
@@ -185,7 +187,7 @@ def test_scene_loader_row_carries_views_and_errors_as_the_ray_stage_does(opencv_
     assert json.loads(row["image_path"][0]) == [spec["images"][0]]
     assert row["orig_hw"].tolist() == [[[480, 640]]]
     errors = json.loads(row["errors"][0])
-    assert [e["image_path"] for e in errors] == [str(tmp_path / "bad.jpg")]
+    assert [e["path"] for e in errors] == [str(tmp_path / "bad.jpg")]
 
 
 def test_png_images_still_decode_after_a_video_was_decoded(tmp_path, opencv_data):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
 
 import cv2
 import numpy as np
@@ -18,17 +17,13 @@ from tomeray.models.frames import normalize_frames
 from tomeray.models.tempme import VideoModelConfig, create_video_encoder
 from tomeray.operators.text_embed import TextEmbedder
 from tomeray.operators.video_decode import decode_clips
-from tomeray.pipeline import search
-from tomeray.pipeline.faiss_index import build_index, save_index
-from tomeray.pipeline.index_layout import (
-    SCHEMA_VERSION,
-    IncompatibleIndexError,
-    IndexLayout,
-    embeddings_schema,
-    errors_table,
-    id_key,
-    stable_id,
-)
+from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.core.output import IncompatibleOutputError
+from tomeray.pipeline.video import search, search_cli
+from tomeray.pipeline.video.config import FaissConfig
+from tomeray.pipeline.video.ids import id_key, stable_id
+from tomeray.pipeline.video.job import finish_index
+from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema, index_header
 
 MODEL = VideoModelConfig(arch="ViT-S-32", pretrained="none", preset="none", num_frames=4,
                          seed=7)
@@ -47,7 +42,8 @@ def synthetic_video(path, n_frames=24, size=(160, 120)):
 
 
 def write_index(root, videos, cfg=MODEL) -> IndexLayout:
-    """An index in the on-disk layout, built by decoding and embedding ``videos`` directly."""
+    """An index in the on-disk layout, built by decoding and embedding ``videos`` directly (no Ray)
+    and written by the indexing job's own functions (manifest, shards, FAISS)."""
     encoder = create_video_encoder(cfg)
     layout = IndexLayout(root)
     rows = []
@@ -59,21 +55,13 @@ def write_index(root, videos, cfg=MODEL) -> IndexLayout:
                      "end_s": clip.end_s, "duration_s": clip.duration_s, "fps": clip.fps,
                      "n_frames": clip.n_frames, "frame_indices": clip.frame_indices.tolist(),
                      "embedding": embedding.tolist()})
-    table = pa.Table.from_pylist(rows, schema=embeddings_schema(encoder.embed_dim))
-    layout.write_embeddings(table, "test-00000")
-    layout.write_errors(errors_table([{"path": "/nowhere/broken.mp4", "stage": "decode",
-                                       "error_type": "UnreadableVideoError", "message": "not a video"}]),
-                        "test-00000")
-    vectors = np.asarray([r["embedding"] for r in rows], np.float32)
-    save_index(build_index(vectors, table["video_id"].to_numpy(), "flat"), layout.faiss_path)
-    now = datetime.now(timezone.utc).isoformat()
-    layout.write_manifest({
-        "schema_version": SCHEMA_VERSION, "model": json.loads(json.dumps(encoder.identity())),
-        "weights_id": encoder.weights_id, "dim": encoder.embed_dim, "metric": "ip",
-        "sampling": {"fps": None, "segment_s": 0.0, "num_frames": cfg.num_frames},
-        "faiss_factory": "Flat", "counts": {"rows": len(rows), "videos": len(rows), "errors": 1},
-        "created": now, "updated": now, "tomeray_version": "test",
-    })
+    sampling = {"fps": None, "segment_s": 0.0, "num_frames": cfg.num_frames}
+    dim = encoder.embed_dim
+    manifest = layout.open(index_header(encoder.identity(), encoder.weights_id, dim, sampling, None))
+    layout.write_embeddings(pa.Table.from_pylist(rows, schema=embeddings_schema(dim)), "test-00000")
+    layout.write_errors([error_row("/nowhere/broken.mp4", "decode", "UnreadableVideoError", "not a video",
+                                   input="/nowhere/broken.mp4", path="/nowhere/broken.mp4")], "test-00000")
+    finish_index(layout, manifest, FaissConfig(factory="flat"), True, layout.indexed_paths())
     return layout
 
 
@@ -141,7 +129,7 @@ def test_bad_queries_are_clear_errors(searcher, tmp_path):
 
 def test_a_different_model_is_refused(index_dir):
     other = search.VideoSearcher(index_dir, device="cpu", seed=8)
-    with pytest.raises(IncompatibleIndexError, match="differs in: weights_id"):
+    with pytest.raises(IncompatibleOutputError, match="differ in: model.weights_id"):
         other.search("trees", k=1)
 
 
@@ -175,13 +163,13 @@ def test_text_embedder_operator_matches_the_searcher(searcher):
 
 
 def run_cli(capsys, *argv):
-    code = search.main([str(a) for a in argv])
+    code = search_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
 
 def test_cli_prints_a_ranked_table_and_the_weights(index_dir, capsys):
-    code, out, err = run_cli(capsys, index_dir, "a tree", "-k", "2", "--device", "cpu")
+    code, out, err = run_cli(capsys, index_dir, "a tree", "-k", "2", "inference.device=cpu")
     assert code == 0, err
     assert "random-init(seed=7)" in out and "RANDOM weights" in out
     lines = out.splitlines()
@@ -193,7 +181,7 @@ def test_cli_prints_a_ranked_table_and_the_weights(index_dir, capsys):
 
 
 def test_cli_json(index_dir, videos, capsys):
-    code, out, _ = run_cli(capsys, index_dir, videos[0], "-k", "3", "--json", "--device", "cpu")
+    code, out, _ = run_cli(capsys, index_dir, videos[0], "-k", "3", "--json", "inference.device=cpu")
     assert code == 0
     payload = json.loads(out)
     assert payload["weights_id"] == "random-init(seed=7)" and payload["random_weights"] is True
@@ -235,7 +223,8 @@ def test_cli_reports_a_broken_index_in_one_line(broken_indexes, case, capsys):
 @pytest.mark.parametrize("argv, words", [
     (["", "-k", "3"], "query is empty"),
     (["trees", "-k", "0"], "k must be a positive integer"),
-    (["trees", "--model", "colour=red"], "unknown model setting"),
+    (["trees", "model.colour=red"], "unknown config key 'model.colour'"),
+    (["trees", "inference.device=gpu0"], "unknown device 'gpu0'"),
 ])
 def test_cli_rejects_bad_arguments_in_one_line(index_dir, argv, words, capsys):
     code, out, err = run_cli(capsys, index_dir, *argv)

@@ -125,7 +125,7 @@ def test_tempme_weights_local_checkpoint_round_trip(tmp_path, random_encoder, cl
 
 
 def test_tempme_weights_custom_schedule_from_config():
-    from tomeray.pipeline.config import load_config
+    from tomeray.pipeline.core.config import load_config
 
     base = ["arch=" + ARCH, "pretrained=none"]
     cfg = load_config(VideoModelConfig, None, [*base, "preset=custom", "schedule.cross_clip_ratio=0.4"])

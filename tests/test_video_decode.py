@@ -123,7 +123,7 @@ def test_fps_sampling_pads_short_clips_and_masks_the_padding(tmp_path):
 
 
 def _errors_of(path):
-    rows = list(VideoDecoder(image_size=32, num_frames=4).rows(str(path), "key", 7))
+    rows = list(VideoDecoder(image_size=32, num_frames=4).rows(str(path), "key"))
     assert len(rows) == 1
     return rows[0]
 
@@ -143,7 +143,7 @@ def test_bad_files_become_error_rows(tmp_path, opencv_data):
         row = _errors_of(tmp_path / name)
         assert (row["error_stage"], row["error_type"]) == ("decode", error.__name__), name
         assert words in row["error_message"], (name, row["error_message"])
-        assert row["video_id"] == 7 and not row["mask"].any() and row["frames"].shape == (4, 32, 32, 3)
+        assert row["key"] == "key" and not row["mask"].any() and row["frames"].shape == (4, 32, 32, 3)
 
 
 def test_corrupt_video_is_indexed_when_not_strict(tmp_path, opencv_data):
@@ -181,15 +181,14 @@ def test_paths_with_spaces_and_non_ascii(tmp_path, opencv_data):
     path = tmp_path / "dir with space" / "ñandú 視頻.avi"
     path.parent.mkdir()
     shutil.copy(opencv_data / "tree.avi", path)
-    rows = list(VideoDecoder(image_size=32, num_frames=4).rows(str(path), "k", 1))
+    rows = list(VideoDecoder(image_size=32, num_frames=4).rows(str(path), "k"))
     assert rows[0]["error_type"] == "" and rows[0]["path"] == str(path)
 
 
 def test_decoder_batch_interface(opencv_data):
     decoder = VideoDecoder(image_size=32, num_frames=4, segment_s=30.0)
-    batch = {"path": np.array([str(opencv_data / "vtest.avi")]), "key": np.array(["k"]),
-             "video_id": np.array([1])}
+    batch = {"path": np.array([str(opencv_data / "vtest.avi")]), "key": np.array(["k"])}
     out = list(decoder(batch))
     assert len(out) == 3  # 79.5 s in windows of 30 s
-    assert {int(b["video_id"][0]) for b in out}.__len__() == 3  # one id per window
+    assert [float(b["start_s"][0]) for b in out] == [0.0, 30.0, 60.0]  # one row per window, each its own id
     assert out[0]["frames"].shape == (1, 4, 32, 32, 3) and out[0]["frame_indices"].dtype == object

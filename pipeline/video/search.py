@@ -1,6 +1,7 @@
-"""Search a video index with a text query or a video: ``tomeray search`` and :class:`VideoSearcher`.
+"""Search a video index with a text query or a video: :class:`VideoSearcher` (``tomeray search``
+is its command line, :mod:`tomeray.pipeline.video.search_cli`).
 
-    from tomeray.pipeline.search import VideoSearcher
+    from tomeray.pipeline.video import VideoSearcher
     s = VideoSearcher("out/demo-index")
     s.search("people walking", k=5)          # text -> videos
     s.search("/data/clip.mp4", k=5)          # video -> similar videos
@@ -14,29 +15,25 @@ weights are searched with the same random weights, and every output says so.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
-from tomeray.models.errors import ConfigError, InputError, TomerayError
-from tomeray.pipeline.faiss_index import build_index, index_to_device, load_index, search_index
-from tomeray.pipeline.index_layout import IncompatibleIndexError, IndexLayout
+from tomeray.models.errors import ConfigError, InputError
+from tomeray.operators.video_io import VIDEO_EXTENSIONS
+from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index, search_index
+from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
 
-__all__ = ["SearchResult", "VideoSearcher", "main", "model_config_from_manifest"]
+__all__ = ["SearchResult", "VideoSearcher", "check_k", "is_video_query", "model_config_from_manifest"]
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv",
-)
 METADATA_COLUMNS = ["video_id", "path", "start_s", "end_s", "duration_s"]
 
 
@@ -175,14 +172,9 @@ class VideoSearcher:
         from tomeray.models.tempme import create_video_encoder
 
         encoder = create_video_encoder(self.model_config, device=self.device, precision=self.precision)
-        pinned, built = self.manifest["model"], _json_form(encoder.identity())
-        if built != pinned:
-            diff = sorted(k for k in set(pinned) | set(built) if pinned.get(k) != built.get(k))
-            raise IncompatibleIndexError(
-                f"index '{self.layout.root}' was built with {pinned.get('weights_id')} "
-                f"({pinned.get('arch')}, preset {pinned.get('preset')}, {pinned.get('num_frames')} frames); "
-                f"the requested model differs in: {', '.join(diff)}. Search with the index's own model "
-                "(drop the model overrides)")
+        check_same_embeddings(self.manifest, {"model": _json_form(encoder.identity())},
+                              f"index '{self.layout.root}'", "the requested model", paths=("model",),
+                              hint="search with the index's own model (drop the model overrides)")
         log.info("query encoder: %s on %s (%s)", encoder.arch, encoder.device, encoder.weights_id)
         return encoder
 
@@ -219,7 +211,7 @@ class VideoSearcher:
 
     def search(self, query: str | os.PathLike, k: int = 10) -> list[SearchResult]:
         """Ranked results for a text query, or for a video when ``query`` is a video file."""
-        if _is_video_query(query):
+        if is_video_query(query):
             return self.search_video(query, k)
         return self.search_text(str(query), k)
 
@@ -228,16 +220,16 @@ class VideoSearcher:
 
     def search_many(self, texts: Sequence[str], k: int = 10) -> list[list[SearchResult]]:
         """One ranked list per text query, encoded and searched as one batch."""
-        _check_k(k)
+        check_k(k)
         return self.search_embeddings(self.encode_text(texts), k)
 
     def search_video(self, path: str | os.PathLike, k: int = 10) -> list[SearchResult]:
-        _check_k(k)
+        check_k(k)
         return self.search_embeddings(self.encode_video(path), k)[0]
 
     def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
         """Ranked results for query embeddings (Q, D) made by this index's encoder."""
-        _check_k(k)
+        check_k(k)
         scores, ids = search_index(self.index, queries, k, nprobe=self.nprobe, ef_search=self.ef_search)
         return [self._results(s, i) for s, i in zip(scores, ids)]
 
@@ -256,97 +248,15 @@ class VideoSearcher:
         return results
 
 
-def _check_k(k) -> None:
+def check_k(k) -> None:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
 
 
-def _is_video_query(query: str | os.PathLike) -> bool:
+def is_video_query(query: str | os.PathLike) -> bool:
     """A query names a video when it is an existing file or ends in a video extension (a missing
     video then fails clearly instead of being searched for as text)."""
     text = os.fspath(query)
     if "\n" in text or len(text) > 4096:
         return False
     return os.path.isfile(text) or text.lower().endswith(VIDEO_EXTENSIONS)
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def format_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(seconds, 60)
-    return f"{int(minutes)}:{secs:04.1f}"
-
-
-def format_results(results: list[SearchResult]) -> str:
-    header = f"{'rank':>4}  {'score':>7}  {'time range':<15}  {'duration':>9}  path"
-    lines = [header, "-" * len(header)]
-    for r in results:
-        span = f"{format_time(r.start_s)}-{format_time(r.end_s)}"
-        duration = f"{r.duration_s:.1f} s" if math.isfinite(r.duration_s) else "?"
-        lines.append(f"{r.rank:>4}  {r.score:>7.4f}  {span:<15}  {duration:>9}  {r.path}")
-    if not results:
-        lines.append("(no results: the index is empty)")
-    return "\n".join(lines)
-
-
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="tomeray search",
-        description="Search a video index with a text query, or with a video file for similar videos.")
-    parser.add_argument("index_dir", help="index directory written by 'tomeray index'")
-    parser.add_argument("query", help="text query, or the path of a video file")
-    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--device", default="auto", help="encoder device: auto, cpu, cuda, cuda:N")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists to probe (recall vs speed)")
-    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (recall vs speed)")
-    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                        help="model setting override (must keep the index's model)")
-    parser.add_argument("--precision", default="auto", help="encoder precision: auto, fp32, bf16, fp16")
-    return parser.parse_args(argv)
-
-
-def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--model expects KEY=VALUE, got {item!r}")
-        out[key.removeprefix("model.")] = value
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if not args.query.strip():
-            raise InputError("the query is empty: give a text query or the path of a video file")
-        _check_k(args.k)
-        searcher = VideoSearcher(args.index_dir, args.device, precision=args.precision, nprobe=args.nprobe,
-                                 ef_search=args.ef_search, **_overrides(args.model))
-        kind = "video" if _is_video_query(args.query) else "text"
-        results = searcher.search(args.query, k=args.k)
-    except (TomerayError, OSError) as e:
-        print(f"tomeray search: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({
-            "index": str(searcher.layout.root), "query": args.query, "query_type": kind,
-            "weights_id": searcher.weights_id, "random_weights": searcher.random_weights,
-            "results": [r.to_dict() for r in results],
-        }, indent=2))
-        return 0
-    factory = searcher.manifest.get("faiss_factory") or "?"
-    print(f"index:   {searcher.layout.root} ({len(searcher)} vectors, {factory})")
-    print(f"weights: {searcher.weights_id}" + (
-        "  (RANDOM weights: scores and rankings are not meaningful)" if searcher.random_weights else ""))
-    print(f"query:   {args.query!r} ({kind})")
-    print(format_results(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

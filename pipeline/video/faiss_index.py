@@ -33,7 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from tomeray.models.errors import ConfigError, InputError, TomerayError
-from tomeray.pipeline.store import atomic_write_with
+from tomeray.pipeline.core.atomic import atomic_write_with
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 from tomeray.models.errors import InputError
+from tomeray.models.pose import Sim3, camera_centers, rotation_angle_deg, umeyama
 
 __all__ = [
     "Cameras",
-    "Sim3",
-    "camera_centers",
     "estimate_alignment",
     "evaluate",
     "load_cameras",
@@ -43,69 +42,7 @@ __all__ = [
     "nearest_distances",
     "point_metrics",
     "pose_metrics",
-    "rotation_angle_deg",
-    "umeyama",
 ]
-
-
-@dataclass(frozen=True)
-class Sim3:
-    """x -> s R x + t."""
-
-    s: float
-    R: np.ndarray
-    t: np.ndarray
-
-    @staticmethod
-    def identity() -> Sim3:
-        return Sim3(1.0, np.eye(3), np.zeros(3))
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        return self.s * np.asarray(x, np.float64) @ self.R.T + self.t
-
-    def apply_to_extrinsics(self, extrinsic: np.ndarray) -> np.ndarray:
-        """World-to-camera [R_c | t_c] of the old frame -> the same cameras in the new frame
-        (in the new scale): R_c' = R_c R^T, t_c' = s t_c - R_c R^T t."""
-        E = np.asarray(extrinsic, np.float64)
-        Rc, tc = E[..., :3], E[..., 3]
-        Rn = Rc @ self.R.T
-        tn = self.s * tc - np.einsum("...ij,j->...i", Rn, self.t)
-        return np.concatenate([Rn, tn[..., None]], axis=-1)
-
-
-def camera_centers(extrinsic: np.ndarray) -> np.ndarray:
-    """World-to-camera (..., 3, 4) -> camera centres (..., 3): C = -R^T t."""
-    E = np.asarray(extrinsic, np.float64)
-    return -np.einsum("...ji,...j->...i", E[..., :3], E[..., 3])
-
-
-def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
-    """Angle of rotation matrices (..., 3, 3) in degrees (numerically safe near 0 and 180)."""
-    R = np.asarray(R, np.float64)
-    cos = (np.trace(R, axis1=-2, axis2=-1) - 1) / 2
-    skew = np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
-                     R[..., 1, 0] - R[..., 0, 1]], -1)
-    sin = np.linalg.norm(skew, axis=-1) / 2
-    return np.degrees(np.arctan2(sin, cos))
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Sim3:
-    """Least-squares similarity with dst ~ s R src + t (Umeyama 1991). Needs >= 3 non-collinear points
-    for a unique rotation."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) == 0:
-        raise InputError(f"umeyama needs two (N, 3) arrays of equal shape; got {src.shape}, {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1
-    R = U @ S @ Vt
-    var_s = (xs ** 2).sum() / len(src)
-    s = float(np.trace(np.diag(D) @ S) / var_s) if with_scale and var_s > 0 else 1.0
-    return Sim3(s, R, mu_d - s * R @ mu_s)
 
 
 def _spread(points: np.ndarray) -> float:
@@ -238,7 +175,7 @@ class Cameras:
 
 
 def _recon_scene(root: Path, scene: str | None) -> str:
-    from tomeray.pipeline.recon_store import list_scenes
+    from tomeray.pipeline.reconstruction.results import list_scenes
 
     scenes = list_scenes(root)
     if scene is None:
@@ -257,8 +194,8 @@ def load_cameras(path: str | Path, scene: str | None = None) -> Cameras:
     Parquet file (this project's schema; ``scene`` filters its rows)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from tomeray.pipeline.exports import read_colmap_text
-    from tomeray.pipeline.recon_store import load_scene_cameras
+    from tomeray.pipeline.reconstruction.exports import read_colmap_text
+    from tomeray.pipeline.reconstruction.results import load_scene_cameras
 
     path = Path(path)
     if (path / "manifest.json").is_file():
@@ -268,7 +205,7 @@ def load_cameras(path: str | Path, scene: str | None = None) -> Cameras:
         model = read_colmap_text(path)
         return Cameras(model["names"], model["extrinsics"])
     if path.is_file() and path.suffix.lower() == ".parquet":
-        from tomeray.pipeline.recon_store import matrices_from_column
+        from tomeray.pipeline.reconstruction.layout import matrices_from_column
 
         table = pq.read_table(path)
         if "extrinsic" not in table.column_names:
@@ -290,11 +227,11 @@ def load_points(path: str | Path, scene: str | None = None) -> np.ndarray:
     (its points3D.txt) or a reconstruction output directory."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
-    from tomeray.pipeline.exports import read_colmap_text, read_ply
+    from tomeray.pipeline.reconstruction.exports import read_colmap_text, read_ply
 
     path = Path(path)
     if (path / "manifest.json").is_file():
-        from tomeray.pipeline.recon_store import load_scene_points
+        from tomeray.pipeline.reconstruction.results import load_scene_points
 
         return load_scene_points(path, _recon_scene(path, scene)).xyz.astype(np.float64)
     if (path / "images.txt").is_file():

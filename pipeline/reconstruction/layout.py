@@ -5,11 +5,13 @@
   manifest.json                     the last write of every run: model, weights, pinned settings, counts
   config.yaml                       the resolved configuration of the latest run
   cameras.parquet                   all finished scenes (consolidated from cameras/ at the end of a run)
-  errors.parquet                    all current errors (consolidated from errors/)
+  errors.parquet                    all current errors (consolidated from errors/; columns of
+                                    pipeline.core.errors_table, ``item`` being the scene)
   cameras/scene=<key>.parquet       one part per finished scene
   points/scene=<key>/part-0.parquet one part per finished scene (Hive partitioning on ``scene``)
   errors/scene=<key>.parquet        the errors of a scene's latest attempt (unreadable images, ...)
   errors/inputs.parquet             errors not tied to a scene (inputs that name nothing), latest run
+  runs/<run_id>.json                what each run did
   scenes/scene=<key>.json           a scene's completion record, written after all its files
   ply/<key>.ply                     optional export (binary little-endian PLY)
   colmap/<key>/{cameras,images,points3D}.txt   optional export (COLMAP text model)
@@ -30,43 +32,27 @@ coordinates. Points: x, y, z in the same world frame; r, g, b the colour of the 
 from; ``confidence`` the model's; ``frame_idx`` the view they came from (see ``cameras``).
 """
 
+
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tomeray.models.errors import InputError, TomerayError
-from tomeray.pipeline.store import atomic_write_json, atomic_write_parquet
+from tomeray.models.errors import InputError
+from tomeray.pipeline.core.atomic import atomic_write_json, atomic_write_parquet
+from tomeray.pipeline.core.errors_table import read_error_parts, write_error_part
+from tomeray.pipeline.core.output import JobOutput
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CAMERAS_SCHEMA",
-    "ERRORS_SCHEMA",
-    "POINTS_SCHEMA",
-    "SCHEMA_VERSION",
-    "ReconLayout",
-    "SceneCameras",
-    "ScenePoints",
-    "cameras_table",
-    "errors_table",
-    "list_scenes",
-    "matrices_from_column",
-    "load_scene",
-    "load_scene_cameras",
-    "load_scene_points",
-    "points_table",
-    "scene_key",
-    "to_open3d",
-]
+__all__ = ["CAMERAS_SCHEMA", "POINTS_SCHEMA", "ReconLayout", "cameras_table", "matrices_from_column",
+           "points_table", "scene_key"]
 
-SCHEMA_VERSION = 1
 _MAT34 = pa.list_(pa.list_(pa.float64(), 4), 3)
 _MAT33 = pa.list_(pa.list_(pa.float64(), 3), 3)
 CAMERAS_SCHEMA = pa.schema([
@@ -77,10 +63,6 @@ POINTS_SCHEMA = pa.schema([
     ("x", pa.float32()), ("y", pa.float32()), ("z", pa.float32()),
     ("r", pa.uint8()), ("g", pa.uint8()), ("b", pa.uint8()),
     ("confidence", pa.float32()), ("frame_idx", pa.int32()),
-])
-ERRORS_SCHEMA = pa.schema([
-    ("scene", pa.string()), ("image_path", pa.string()), ("stage", pa.string()),
-    ("error_type", pa.string()), ("message", pa.string()),
 ])
 
 
@@ -125,47 +107,16 @@ def points_table(xyz, rgb, confidence, frame_idx) -> pa.Table:
     ], schema=POINTS_SCHEMA)
 
 
-def errors_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: str(r.get(k) or "") for k in ERRORS_SCHEMA.names} for r in rows], schema=ERRORS_SCHEMA)
-
-
-@dataclass
-class SceneCameras:
-    """The cameras of one scene as NumPy arrays (one entry per reconstructed view)."""
-
-    scene: str
-    frame_idx: np.ndarray  # (V,) int32
-    image_path: list[str]
-    width: np.ndarray  # (V,) int32, of the original image
-    height: np.ndarray  # (V,) int32
-    extrinsic: np.ndarray  # (V, 3, 4) float64, world -> camera, OpenCV axes
-    intrinsic: np.ndarray  # (V, 3, 3) float64, original image pixels
-
-    @property
-    def centers(self) -> np.ndarray:
-        """Camera centres in world coordinates, (V, 3): C = -R^T t."""
-        R, t = self.extrinsic[:, :, :3], self.extrinsic[:, :, 3]
-        return -np.einsum("vji,vj->vi", R, t)
-
-
-@dataclass
-class ScenePoints:
-    """The point cloud of one scene as NumPy arrays."""
-
-    xyz: np.ndarray  # (N, 3) float32
-    rgb: np.ndarray  # (N, 3) uint8
-    confidence: np.ndarray  # (N,) float32
-    frame_idx: np.ndarray  # (N,) int32
-
-
-class ReconLayout:
+class ReconLayout(JobOutput):
     """Paths and reads/writes of one reconstruction output directory (see the module docstring)."""
 
+    kind = "reconstruction output"
+    command = "tomeray reconstruct"
+    schema_version = 2  # 2: error parts in the shared error-table columns (1 is read as well)
+    pinned = ("settings",)
+
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.manifest_path = self.root / "manifest.json"
-        self.config_path = self.root / "config.yaml"
+        super().__init__(root)
         self.cameras_path = self.root / "cameras.parquet"
         self.errors_path = self.root / "errors.parquet"
         self.cameras_dir = self.root / "cameras"
@@ -198,20 +149,8 @@ class ReconLayout:
     def colmap_path(self, scene: str) -> Path:
         return self.colmap_dir / scene_key(scene)
 
-    # ---------------------------------------------------------------- manifest
-    def exists(self) -> bool:
-        return self.manifest_path.is_file()
-
-    def read_manifest(self) -> dict:
-        if not self.manifest_path.is_file():
-            raise TomerayError(f"'{self.root}' is not a reconstruction output (no manifest.json)")
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TomerayError(f"cannot read {self.manifest_path}: {e}") from None
-
-    def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest)
+    def has_results(self) -> bool:
+        return bool(self.finished_scenes())
 
     # ---------------------------------------------------------------- scenes
     def finished_scenes(self) -> dict[str, dict]:
@@ -240,13 +179,13 @@ class ReconLayout:
     def write_scene_errors(self, scene: str, errors: list[dict]) -> None:
         """Replace the scene's error part with ``errors`` (removed when there are none)."""
         if errors:
-            atomic_write_parquet(self.errors_part(scene), errors_table(errors))
+            write_error_part(self.errors_part(scene), errors)
         else:
             self.errors_part(scene).unlink(missing_ok=True)
 
     def write_input_errors(self, errors: list[dict]) -> None:
         if errors:
-            atomic_write_parquet(self.input_errors_part, errors_table(errors))
+            write_error_part(self.input_errors_part, errors)
         else:
             self.input_errors_part.unlink(missing_ok=True)
 
@@ -264,8 +203,7 @@ class ReconLayout:
         return cameras.num_rows, errors.num_rows
 
     def _read_error_parts(self) -> pa.Table:
-        parts = [pq.read_table(p, schema=ERRORS_SCHEMA) for p in sorted(self.errors_dir.glob("*.parquet"))]
-        return pa.concat_tables(parts) if parts else ERRORS_SCHEMA.empty_table()
+        return read_error_parts(sorted(self.errors_dir.glob("*.parquet")))
 
     # ---------------------------------------------------------------- reading back
     def read_cameras(self, scene: str | None = None) -> pa.Table:
@@ -290,52 +228,6 @@ class ReconLayout:
         """Current errors (from the parts, so also right while a run is in progress)."""
         return self._read_error_parts()
 
-
-def list_scenes(root: str | Path) -> list[str]:
-    """Names of the finished scenes of an output directory."""
-    return sorted(ReconLayout(root).finished_scenes())
-
-
-def _scene_cameras(scene: str, table: pa.Table) -> SceneCameras:
-    return SceneCameras(
-        scene=scene,
-        frame_idx=table["frame_idx"].to_numpy().astype(np.int32),
-        image_path=[str(p) for p in table["image_path"].to_pylist()],
-        width=table["width"].to_numpy().astype(np.int32),
-        height=table["height"].to_numpy().astype(np.int32),
-        extrinsic=matrices_from_column(table["extrinsic"], 3, 4),
-        intrinsic=matrices_from_column(table["intrinsic"], 3, 3),
-    )
-
-
-def load_scene_cameras(root: str | Path, scene: str) -> SceneCameras:
-    return _scene_cameras(scene, ReconLayout(root).read_cameras(scene))
-
-
-def load_scene_points(root: str | Path, scene: str) -> ScenePoints:
-    t = ReconLayout(root).read_points(scene)
-    xyz = np.stack([t[c].to_numpy() for c in ("x", "y", "z")], axis=1).astype(np.float32)
-    rgb = np.stack([t[c].to_numpy() for c in ("r", "g", "b")], axis=1).astype(np.uint8)
-    return ScenePoints(xyz, rgb, t["confidence"].to_numpy().astype(np.float32),
-                       t["frame_idx"].to_numpy().astype(np.int32))
-
-
-def load_scene(root: str | Path, scene: str) -> tuple[SceneCameras, ScenePoints]:
-    """A finished scene's cameras and points as NumPy arrays::
-
-        cams, pts = load_scene("out/recon", "kitchen")
-        cams.extrinsic  # (V, 3, 4) world->camera     pts.xyz  # (N, 3)
-    """
-    return load_scene_cameras(root, scene), load_scene_points(root, scene)
-
-
-def to_open3d(points: ScenePoints):
-    """An ``open3d.geometry.PointCloud`` of the points (colours in [0, 1]); needs Open3D installed."""
-    try:
-        import open3d as o3d
-    except ImportError:
-        raise ImportError("Open3D is not installed: pip install open3d (or use the NumPy arrays)") from None
-    cloud = o3d.geometry.PointCloud()
-    cloud.points = o3d.utility.Vector3dVector(points.xyz.astype(np.float64))
-    cloud.colors = o3d.utility.Vector3dVector(points.rgb.astype(np.float64) / 255.0)
-    return cloud
+    def scenes_with_errors(self) -> set[str]:
+        """Scenes whose latest attempt left error rows (failed, or finished with unusable images)."""
+        return set(read_error_parts(sorted(self.errors_dir.glob("scene=*.parquet")))["item"].to_pylist())

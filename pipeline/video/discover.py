@@ -11,28 +11,34 @@ An input is one of:
   else the first string column). Relative entries are relative to the list file's folder;
 * anything else: a video file.
 
-Paths are returned canonical (absolute, symlinks resolved) and deduplicated in input order. An
-input that names nothing (a missing file, a glob without matches, an unreadable list) becomes an
-error row, stage ``discover``, so that a job reports it instead of silently indexing less.
+Paths are returned canonical (absolute, symlinks resolved) and deduplicated in input order, each
+with the input it came from (for error rows). An input that names nothing (a missing file, a glob
+without matches, an unreadable list) becomes an error row, stage ``discover``, so that a job
+reports it instead of silently indexing less.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tomeray.models.errors import InputError
-from tomeray.pipeline.index_layout import canonical_path
+from tomeray.operators.video_io import VIDEO_EXTENSIONS
+from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.core.inputs import (
+    LIST_EXTENSIONS,
+    TABLE_EXTENSIONS,
+    normalise_extensions,
+    read_table_rows,
+    read_text_list,
+    walk_files,
+)
+from tomeray.pipeline.video.ids import canonical_path
 
 __all__ = ["VIDEO_EXTENSIONS", "LIST_EXTENSIONS", "Discovery", "discover_videos"]
 
-VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv",
-)
-LIST_EXTENSIONS = (".txt", ".lst", ".csv", ".tsv", ".parquet")
 _GLOB_CHARS = ("*", "?", "[")
 
 
@@ -40,6 +46,7 @@ _GLOB_CHARS = ("*", "?", "[")
 class Discovery:
     paths: list[str] = field(default_factory=list)    # canonical video paths, in input order, unique
     errors: list[dict] = field(default_factory=list)  # rows for the errors table (stage "discover")
+    origin: dict[str, str] = field(default_factory=dict)  # canonical path -> the input that named it
 
 
 def discover_videos(
@@ -50,19 +57,22 @@ def discover_videos(
     """Expand directories, globs and list files into video paths (see the module docstring)."""
     if not inputs:
         raise InputError("no inputs given: pass video files, directories, globs or a list file")
-    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    exts = normalise_extensions(extensions)
     found = Discovery()
     seen: set[str] = set()
+
+    given = ""  # the input being expanded, as the user gave it
 
     def add(path: str) -> None:
         canon = canonical_path(path)
         if canon not in seen:
             seen.add(canon)
             found.paths.append(canon)
+            found.origin[canon] = given
 
     def fail(path: str, error_type: str, message: str) -> None:
-        found.errors.append(
-            {"path": str(path), "stage": "discover", "error_type": error_type, "message": message})
+        found.errors.append(error_row(str(path), "discover", error_type, message, input=given,
+                                      path=str(path)))
 
     def expand(entry: str, allow_lists: bool) -> None:
         if any(c in entry for c in _GLOB_CHARS) and not os.path.exists(entry):
@@ -71,11 +81,13 @@ def discover_videos(
                 fail(entry, "NoMatch", f"glob '{entry}' matches no file")
             for m in matches:
                 if os.path.isdir(m):
-                    _walk(m, exts, add)
+                    for found_path in walk_files(m, exts):
+                        add(found_path)
                 elif os.path.isfile(m):
                     add(m)
         elif os.path.isdir(entry):
-            _walk(entry, exts, add)
+            for found_path in walk_files(entry, exts):
+                add(found_path)
         elif allow_lists and entry.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(entry):
             try:
                 entries = _read_list(Path(entry), list_column)
@@ -91,36 +103,25 @@ def discover_videos(
             fail(entry, "FileNotFoundError", f"'{entry}' does not exist")
 
     for item in inputs:
-        expand(os.fspath(item), allow_lists=True)
+        given = os.fspath(item)
+        expand(given, allow_lists=True)
     return found
 
 
-def _walk(folder: str, exts: tuple[str, ...], add) -> None:
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(exts):
-                add(os.path.join(root, name))
-
-
 def _read_list(path: Path, column: str) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        if column not in table.column_names:
-            strings = [f.name for f in table.schema if str(f.type) in ("string", "large_string")]
+    """The entries of a list file: the ``column`` column of a table (else its first column, for
+    Parquet its first string column), or the lines of a text list."""
+    if path.suffix.lower() not in TABLE_EXTENSIONS:
+        return read_text_list(path)
+    names, rows = read_table_rows(path)
+    if column not in names:
+        if path.suffix.lower() == ".parquet":
+            strings = [n for n in names if rows and isinstance(rows[0][n], str)]
             if not strings:
                 raise ValueError(f"no '{column}' column and no string column in {path}")
-            column = strings[0]
-        return [str(v) for v in table[column].to_pylist() if v]
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            if not reader.fieldnames:
-                return []
-            key = column if column in reader.fieldnames else reader.fieldnames[0]
-            return [row[key].strip() for row in reader if row.get(key) and row[key].strip()]
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+            names = strings
+        if not names:
+            return []
+        column = names[0]
+    values = (row.get(column) for row in rows)
+    return [str(v).strip() for v in values if v is not None and str(v).strip()]

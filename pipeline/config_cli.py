@@ -6,13 +6,14 @@ import argparse
 import importlib
 
 from omegaconf import OmegaConf
-from tomeray.models.errors import TomerayError
-from tomeray.pipeline.config import config_to_dict, load_config
+from tomeray.pipeline.core.config import config_to_dict, load_config
+from tomeray.pipeline.core.runner import run_command
 
 # job -> (module, schema class, configs/<name>.yaml)
 JOBS = {
-    "index": ("tomeray.pipeline.video_index", "IndexConfig", "index"),
-    "reconstruct": ("tomeray.pipeline.reconstruct", "ReconConfig", "reconstruct"),
+    "index": ("tomeray.pipeline.video.config", "IndexConfig", "index"),
+    "search": ("tomeray.pipeline.video.config", "SearchConfig", "search"),
+    "reconstruct": ("tomeray.pipeline.reconstruction.config", "ReconConfig", "reconstruct"),
 }
 
 
@@ -22,10 +23,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     module, schema, yaml_name = JOBS[args.job]
-    try:
+
+    def body() -> int:
         cfg = load_config(getattr(importlib.import_module(module), schema), yaml_name, args.overrides)
-    except TomerayError as e:
-        print(f"tomeray config: {e}")
-        return 2
-    print(OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))), end="")
-    return 0
+        print(OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))), end="")
+        return 0
+
+    return run_command("tomeray config", body)

@@ -3,8 +3,8 @@
     tomeray demo                      # -> ./out/demo-index, then a few searches
     tomeray search out/demo-index "people walking down a street"
 
-It runs the real pipeline (``pipeline.video_index.run_index`` on a local Ray cluster, then
-``pipeline.search.VideoSearcher``) on Debian's opencv-doc samples (``apt-get install opencv-doc``):
+It runs the real pipeline (``run_index`` on a local Ray cluster, then ``VideoSearcher``) on
+Debian's opencv-doc samples (``apt-get install opencv-doc``):
 vtest.avi (pedestrians), Megamind.avi and Megamind_bugy.avi (animation), tree.avi. A truncated copy
 of tree.avi is added on purpose, to show how a damaged input is reported (the errors table) while
 the rest is indexed. A rerun resumes: what is indexed is skipped.
@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tomeray.models.errors import TomerayError, WeightsError
+from tomeray.pipeline.core.runner import run_command
 
 __all__ = ["DEMO_VIDEOS", "TEXT_QUERIES", "main", "run_demo"]
 
@@ -52,7 +53,7 @@ def sample_data_dir(data: str | os.PathLike | None = None) -> Path:
 def write_truncated_copy(source: Path, target: Path) -> Path:
     """The first half of ``source``: a damaged file whose container declares more than it holds."""
     if not target.is_file():
-        from tomeray.pipeline.store import atomic_write_bytes
+        from tomeray.pipeline.core.atomic import atomic_write_bytes
 
         data = source.read_bytes()
         atomic_write_bytes(target, data[: len(data) // 2])
@@ -88,8 +89,9 @@ def run_demo(
     echo=print,
 ) -> int:
     """Index the sample videos into ``out``, run the demo searches and print everything."""
-    from tomeray.pipeline.index_layout import IncompatibleIndexError, IndexLayout
-    from tomeray.pipeline.video_index import run_index
+    from tomeray.pipeline.core.output import IncompatibleOutputError
+    from tomeray.pipeline.video.job import run_index
+    from tomeray.pipeline.video.layout import IndexLayout
 
     folder = sample_data_dir(data)
     out = Path(out)
@@ -111,7 +113,7 @@ def run_demo(
              "but scores and rankings are NOT meaningful. With network access (or the weights in the "
              "Hugging Face cache) rerun 'tomeray demo --fresh' for real retrieval.\n")
         summary = run_index(inputs, out, [*model, "model.pretrained=none"])
-    except IncompatibleIndexError as e:
+    except IncompatibleOutputError as e:
         raise TomerayError(f"{e}. The demo index was built with other weights: rerun with --fresh to "
                            "rebuild it, or pick another --out") from None
 
@@ -126,7 +128,8 @@ def run_demo(
         for row in errors.to_pylist():
             echo(f"  {row['path']}\n    [{row['stage']}] {row['error_type']}: {row['message']}")
 
-    from tomeray.pipeline.search import VideoSearcher, format_results
+    from tomeray.pipeline.video.search import VideoSearcher
+    from tomeray.pipeline.video.search_cli import format_results
 
     searcher = VideoSearcher(out)
     for query in TEXT_QUERIES:
@@ -154,18 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=3, help="results per query (default 3)")
     parser.add_argument("--fresh", action="store_true", help="delete the demo index first and rebuild it")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="index config overrides, e.g. model.preset=tempme-fast (see configs/index.yaml)")
+                        help="index config overrides, e.g. model.preset=tempme-fast "
+                             "(see 'tomeray config index')")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if "huggingface_hub" not in sys.modules and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
         # Without a network, downloads only fail after a minute of retries: use the cache alone.
         print("tomeray demo: the Hugging Face hub is unreachable; looking for cached weights only")
         os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        return run_demo(args.out, data=args.data, pretrained=args.pretrained, k=args.k,
-                        overrides=args.overrides, fresh=args.fresh)
-    except TomerayError as e:
-        print(f"tomeray demo: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_command("tomeray demo", lambda: run_demo(args.out, data=args.data, pretrained=args.pretrained,
+                                                        k=args.k, overrides=args.overrides, fresh=args.fresh))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Atomic writes: every file lands under a temporary name in its final folder, then is renamed.
+"""Atomic writes, for every output file: each lands under a temporary name in its final folder,
+then is renamed into place.
 
 A reader (or a rerun after a crash) therefore sees either the old file or the complete new
 one, never a partial write.

@@ -4,6 +4,8 @@ PLY (``write_ply`` / ``read_ply``): binary little-endian, one ``vertex`` element
 float, ``red green blue`` uchar and optionally ``confidence`` float. The reader also takes ASCII
 and big-endian files with any scalar vertex properties (reference clouds from other tools).
 
+``write_exports`` writes a scene's requested exports (``export.ply`` / ``export.colmap``).
+
 COLMAP text model (``write_colmap_text`` / ``read_colmap_text``): ``cameras.txt`` (one PINHOLE
 camera per image), ``images.txt`` (world-to-camera pose as quaternion qw qx qy qz and translation,
 and the 2D observations) and ``points3D.txt`` (with tracks). Every point is observed in the view
@@ -17,18 +19,22 @@ intrinsics in and out of this module are always in OpenCV's convention.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 from tomeray.models.errors import InputError
-from tomeray.pipeline.store import atomic_write_text, atomic_write_with
+from tomeray.models.pose import quaternion_to_rotation, rotation_to_quaternion
+from tomeray.pipeline.core.atomic import atomic_write_text, atomic_write_with
+from tomeray.pipeline.reconstruction.config import ExportConfig
+from tomeray.pipeline.reconstruction.layout import ReconLayout
+from tomeray.pipeline.reconstruction.results import SceneCameras, ScenePoints, load_scene
 
 __all__ = [
-    "quaternion_to_rotation",
     "read_colmap_text",
     "read_ply",
-    "rotation_to_quaternion",
     "write_colmap_text",
+    "write_exports",
     "write_ply",
 ]
 
@@ -119,45 +125,6 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if element["name"] == "vertex":
                 return {n: data[n].astype(np.dtype(t)) for n, t in props}
     raise InputError(f"{path}: PLY file has no vertex element")
-
-
-# ------------------------------------------------------------------------------------- rotations
-
-
-def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) as qw, qx, qy, qz with qw >= 0
-    (the best conditioned of the four classic formulas, so 180 degree turns are exact)."""
-    R = np.asarray(R, np.float64)
-    m = R.reshape(-1, 3, 3)
-    q = np.empty((len(m), 4))
-    for i, r in enumerate(m):
-        tr = np.trace(r)
-        cands = np.array([1 + tr, 1 + 2 * r[0, 0] - tr, 1 + 2 * r[1, 1] - tr, 1 + 2 * r[2, 2] - tr])
-        k = int(np.argmax(cands))
-        s = 2.0 * np.sqrt(max(cands[k], 1e-300))
-        if k == 0:
-            v = [s / 4, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-        elif k == 1:
-            v = [(r[2, 1] - r[1, 2]) / s, s / 4, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
-        elif k == 2:
-            v = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, s / 4, (r[1, 2] + r[2, 1]) / s]
-        else:
-            v = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, s / 4]
-        v = np.asarray(v) / np.linalg.norm(v)
-        q[i] = -v if v[0] < 0 else v
-    return q.reshape(*R.shape[:-2], 4)
-
-
-def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
-    """Quaternions (..., 4) as qw, qx, qy, qz (normalised here) -> rotation matrices (..., 3, 3)."""
-    q = np.asarray(q, np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], axis=-1).reshape(*q.shape[:-1], 3, 3)
 
 
 # ---------------------------------------------------------------------------------------- COLMAP
@@ -300,3 +267,53 @@ def read_colmap_text(folder: str | os.PathLike) -> dict:
             out["xyz"] = np.array([[float(v) for v in r[1:4]] for r in rows])
             out["rgb"] = np.array([[int(v) for v in r[4:7]] for r in rows], np.uint8)
     return out
+
+
+# ---------------------------------------------------------------------------------------- per scene
+
+
+def _colmap_names(paths: list[str], frame_idx: np.ndarray, spec: dict) -> list[str]:
+    """Image names for COLMAP: paths relative to the scene folder (video frames get synthetic names);
+    whitespace, which the text format cannot hold, becomes '_'."""
+    if "video" in spec:
+        stem = Path(spec["video"]).stem
+        names = [f"{stem}_frame{int(i):06d}.png" for i in frame_idx]
+    else:
+        root = spec.get("root") or ""
+        names = [os.path.relpath(p, root) if root else os.path.basename(p) for p in paths]
+    return [re.sub(r"\s", "_", n) for n in names]
+
+
+def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: SceneCameras | None = None,
+                  pts: ScenePoints | None = None, spec: dict | None = None, only_missing: bool = False
+                  ) -> list[str]:
+    """Write the requested exports of a scene (from the given arrays, else from its stored tables);
+    returns the exports written."""
+    wants_ply = cfg.ply and not (only_missing and layout.ply_path(scene).is_file())
+    have_colmap = (layout.colmap_path(scene) / "points3D.txt").is_file()
+    wants_colmap = cfg.colmap and not (only_missing and have_colmap)
+    if not (wants_ply or wants_colmap):
+        return []
+    if cams is None or pts is None:
+        cams, pts = load_scene(layout.root, scene)
+    written = []
+    if wants_ply:
+        write_ply(layout.ply_path(scene), pts.xyz, pts.rgb, pts.confidence if cfg.ply_confidence else None)
+        written.append("ply")
+    if wants_colmap:
+        idx = np.arange(len(pts.xyz))
+        if cfg.colmap_max_points and len(idx) > cfg.colmap_max_points:
+            idx = np.sort(np.random.default_rng(0).choice(idx, cfg.colmap_max_points, replace=False))
+        view_of = {int(f): v for v, f in enumerate(cams.frame_idx)}
+        views = np.asarray([view_of[int(f)] for f in pts.frame_idx[idx]], np.int64)
+        if spec is None:
+            spec = {"root": os.path.commonpath([os.path.dirname(p) for p in cams.image_path])}
+            if len(set(cams.image_path)) == 1 and len(cams.image_path) > 1:  # frames of one video
+                spec = {"video": cams.image_path[0]}
+        names = _colmap_names(cams.image_path, cams.frame_idx, spec)
+        if len(set(names)) != len(names):  # e.g. a scene list naming one file twice
+            names = [f"{int(f):06d}_{os.path.basename(n)}" for f, n in zip(cams.frame_idx, names)]
+        write_colmap_text(layout.colmap_path(scene), names, cams.width, cams.height, cams.intrinsic,
+                          cams.extrinsic, pts.xyz[idx], pts.rgb[idx], views)
+        written.append("colmap")
+    return written

@@ -7,6 +7,8 @@ Unknown keys, wrong types and missing values raise :class:`ConfigError` naming t
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -17,7 +19,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tomeray.models.errors import ConfigError
 
-__all__ = ["MISSING", "ConfigError", "config_to_dict", "load_config", "save_config", "default_yaml_path"]
+__all__ = ["MISSING", "ConfigError", "config_to_dict", "default_yaml_path", "load_config", "save_config",
+           "split_overrides"]
 
 T = TypeVar("T")
 
@@ -122,6 +125,17 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML next to an output (atomically)."""
-    from tomeray.pipeline.store import atomic_write_text
+    from tomeray.pipeline.core.atomic import atomic_write_text
 
     return atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))))
+
+
+# ``section.key=value`` (at least one dot): what a command line item must look like to be an override.
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split command-line items into (other items, ``section.key=value`` overrides). An item that
+    names an existing file is never an override, so inputs like ``a.b=c.mp4`` still work."""
+    overrides = [s for s in items if _OVERRIDE.match(s) and not os.path.exists(s)]
+    return [s for s in items if s not in overrides], overrides

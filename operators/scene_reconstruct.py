@@ -29,13 +29,15 @@ import time
 import numpy as np
 import torch
 from tomeray.models.device import autocast, resolve_device, resolve_precision
-from tomeray.models.errors import InputError
+from tomeray.models.errors import InputError, one_line
+from tomeray.models.pose import Sim3
 from tomeray.models.vggt import MergeConfig, VGGTModelConfig, create_vggt
 from tomeray.models.vggt.geometry import (
     confidence_mask,
     pose_encoding_to_extri_intri,
     unproject_depth_map_to_point_map,
 )
+from tomeray.operators.worker import node_id
 
 __all__ = [
     "SceneReconstructor",
@@ -78,13 +80,6 @@ def chunk_alignment(ref_extrinsic: np.ndarray, ref_depth: np.ndarray, extrinsic:
     return s, R, Ra.T @ (s * tk - ta)
 
 
-def _apply_to_extrinsics(s: float, R: np.ndarray, t: np.ndarray, extrinsic: np.ndarray) -> np.ndarray:
-    """World-to-camera of the chunk frame -> of the reference frame: R_c' = R_c R^T, t_c' = s t_c - R_c' t."""
-    Rc = extrinsic[..., :3] @ R.T
-    tc = s * extrinsic[..., 3] - np.einsum("...ij,j->...i", Rc, t)
-    return np.concatenate([Rc, tc[..., None]], axis=-1)
-
-
 def original_intrinsics(K: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray) -> np.ndarray:
     """Intrinsics (V, 3, 3) of the model input -> of the original images. The preprocessing maps an
     original pixel centre x to (x + 0.5) * scale - 0.5 + offset in the model input (resampling
@@ -118,10 +113,6 @@ def _numpy(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
     return t.float().cpu().numpy().astype(dtype, copy=False)
 
 
-def _one_line(error: BaseException) -> str:
-    return (" ".join(str(error).split()) or type(error).__name__)[:500]
-
-
 class SceneReconstructor:
     """Ray Data stage: loaded scene rows -> reconstructed scene rows. Pass the class to
     ``map_batches(..., batch_size=1, compute=ActorPoolStrategy(...))``."""
@@ -146,7 +137,7 @@ class SceneReconstructor:
         self.max_points = int(p.get("max_points") or 0)
         self.seed = int(p.get("seed", 0))
         self.max_views = max_views if policy == "split" else 0
-        self.node_id = _node_id()
+        self.node_id = node_id()
         log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
                  self.precision)
 
@@ -194,12 +185,12 @@ class SceneReconstructor:
             valid = np.isfinite(first["depth"][0]) & np.isfinite(out["depth"][0]) & (out["depth"][0] > 0)
             if anchor_valid is not None:
                 valid &= anchor_valid
-            s, R, t = chunk_alignment(first["extrinsic"][0], first["depth"][0], out["extrinsic"][0],
-                                      out["depth"][0], valid)
-            merged["extrinsic"].append(_apply_to_extrinsics(s, R, t, out["extrinsic"][1:]))
+            sim = Sim3(*chunk_alignment(first["extrinsic"][0], first["depth"][0], out["extrinsic"][0],
+                                        out["depth"][0], valid))
+            merged["extrinsic"].append(sim.apply_to_extrinsics(out["extrinsic"][1:]))
             merged["intrinsic"].append(out["intrinsic"][1:])
-            merged["depth"].append(s * out["depth"][1:])
-            merged["points"].append((s * out["points"][1:] @ R.T + t).astype(np.float32))
+            merged["depth"].append(sim.s * out["depth"][1:])
+            merged["points"].append(sim.apply(out["points"][1:]).astype(np.float32))
             merged["conf"].append(out["conf"][1:])
         order = np.argsort(np.concatenate(chunks[:1] + [c[1:] for c in chunks[1:]]))
         return {k: np.concatenate(v)[order] for k, v in merged.items()}
@@ -254,10 +245,10 @@ class SceneReconstructor:
         stats: dict = {"views": 0, "points": 0, "weights_id": self.weights_id}
         if len(images) == 0:
             status = "failed"
-            if not any(e.get("image_path") == "" for e in errors):  # no scene-level reason given yet
+            if not any(e.get("path") == "" for e in errors):  # no scene-level reason given yet
                 message = ("no image of the scene could be used (see its other errors)" if errors
                            else "the scene has no images")
-                errors.append({"scene": scene, "image_path": "", "stage": "load",
+                errors.append({"path": "", "stage": "load",
                                "error_type": "NoUsableImages", "message": message})
         else:
             try:
@@ -270,8 +261,8 @@ class SceneReconstructor:
                     torch.cuda.empty_cache()
                 log.warning("scene %s failed: %s", scene, e)
                 status = "failed"
-                errors.append({"scene": scene, "image_path": "", "stage": "reconstruct",
-                               "error_type": type(e).__name__, "message": _one_line(e)})
+                errors.append({"path": "", "stage": "reconstruct",
+                               "error_type": type(e).__name__, "message": one_line(e)})
         views = len(result["extrinsic"])
         stats["skipped_views"] = int(batch["skipped"][0]) if "skipped" in batch else 0
         return {
@@ -294,11 +285,3 @@ class SceneReconstructor:
             "model_node": np.asarray([self.node_id], dtype=object),
         }
 
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    except Exception:  # noqa: BLE001 - outside Ray
-        return ""

@@ -1,0 +1,192 @@
+"""``tomeray index``: embed a video corpus into a resumable, mergeable index on Ray Data.
+
+    discover -> skip what is indexed -> decode (Ray tasks) -> embed (actor pool) -> Parquet shards
+    (written by the driver as results stream in) -> FAISS index over all shards -> manifest
+
+* Resume: shards are written atomically while the job runs; a rerun (after a crash, or with new
+  inputs) embeds only the inputs without rows. Inputs that failed are retried by a rerun (they
+  have no rows); their latest error stays in the errors table until they succeed.
+* Ids: :mod:`tomeray.pipeline.video.ids` (a hash of the canonical path, or of the path relative to
+  ``input.id_root``), so reruns, other machines and merges agree on them.
+* Compatibility: the manifest pins the encoder identity (arch, weights, merge schedule, frames),
+  the sampling and the id scheme; adding to an index with anything else is refused.
+* Cluster: a local Ray cluster by default, or ``--address`` / ``RAY_ADDRESS``. Decoding and
+  embedding run anywhere in the cluster; only the driver writes, so the output directory needs to
+  be on storage the *driver* can write (for ``ray job submit`` that is the head node, so use a
+  shared file system or a path that is local to the head node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tomeray.models.errors import InputError
+from tomeray.models.tempme import VideoModelConfig
+from tomeray.pipeline.core.config import load_config, save_config
+from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.core.graph import worker_lost_rows
+from tomeray.pipeline.core.output import new_run_id
+from tomeray.pipeline.video.config import FaissConfig, IndexConfig
+from tomeray.pipeline.video.discover import discover_videos
+from tomeray.pipeline.video.ids import id_key
+from tomeray.pipeline.video.layout import IndexLayout, index_header
+from tomeray.pipeline.video.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IndexSummary", "completed_paths", "finish_index", "run_index"]
+
+
+@dataclass
+class IndexSummary:
+    indexed: int  # videos indexed by this run
+    skipped: int  # inputs already indexed before this run
+    failed: int  # inputs that failed in this run (see the errors table)
+    seconds: float
+    videos_per_s: float  # indexed / seconds
+    weights_id: str
+    pipeline_s: float = 0.0  # decode + embed + shard writes (Ray Data execution, actor start-up included)
+    rows: int = 0  # embedding rows written by this run (clips in segment mode)
+    total_rows: int = 0  # rows in the whole index
+    total_videos: int = 0
+    out: str = ""
+    run_id: str = ""
+    decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
+    embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
+    failures: list[dict] = field(default_factory=list)  # this run's error rows
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def completed_paths(layout: IndexLayout, segment_s: float | None = None) -> set[str]:
+    """Paths whose rows are all in the index: any row for whole videos; in segment mode every
+    window of the video (recomputed from its stored n_frames and fps)."""
+    from tomeray.operators.video_decode import segment_windows
+
+    if not segment_s or segment_s <= 0:
+        return layout.indexed_paths()
+    table = layout.read_embeddings(["path", "n_frames", "fps"])
+    counts = Counter(table["path"].to_pylist())
+    done = set()
+    for path, n_frames, fps in zip(table["path"].to_pylist(), table["n_frames"].to_pylist(),
+                                   table["fps"].to_pylist()):
+        if path not in done and counts[path] >= len(segment_windows(int(n_frames), float(fps), segment_s)):
+            done.add(path)
+    return done
+
+
+def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, build_faiss: bool,
+                 done_paths: set[str]) -> dict:
+    """Rebuild the FAISS index over every shard, then write the manifest (the last write)."""
+    table = layout.read_embeddings(["video_id", "path", "embedding"])
+    dim = int(manifest["dim"])
+    factory = None
+    if build_faiss:
+        from tomeray.pipeline.video.faiss_index import build_index, resolve_factory, save_index
+
+        vectors = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = vectors.reshape(table.num_rows, dim).astype(np.float32, copy=False)
+        factory = resolve_factory(faiss_cfg.factory, table.num_rows, dim)
+        index = build_index(vectors, table["video_id"].to_numpy(), faiss_cfg.factory,
+                            metric=manifest["metric"], train_size=faiss_cfg.train_size,
+                            use_gpu=faiss_cfg.use_gpu)
+        save_index(index, layout.faiss_path)
+    else:  # a FAISS file from an earlier run would silently miss the new rows
+        layout.faiss_path.unlink(missing_ok=True)
+    errors = layout.read_errors(done_paths=done_paths)
+    counts = {"rows": table.num_rows, "videos": len(set(table["path"].to_pylist())),
+              "errors": errors.num_rows}
+    return layout.finish(manifest, faiss_factory=factory, faiss_spec=faiss_cfg.factory, counts=counts)
+
+
+def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
+    """Identity, weights id, embedding dim and image size of the encoder, built once on the driver
+    (on CPU): this checks the weights before any work starts and pins the manifest."""
+    from tomeray.models.tempme import create_video_encoder
+
+    encoder = create_video_encoder(model, device="cpu", precision="fp32")
+    return encoder.identity(), encoder.weights_id, encoder.embed_dim, encoder.image_size
+
+
+def run_index(
+    inputs: list[str],
+    out: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    address: str | None = None,
+    *,
+    config: IndexConfig | None = None,
+) -> IndexSummary:
+    """Index ``inputs`` into ``out`` (created or extended). See the module docstring."""
+    started = time.perf_counter()
+    cfg = config if config is not None else load_config(IndexConfig, "index", list(overrides))
+    layout = IndexLayout(out)
+    discovery = discover_videos(inputs, tuple(cfg.input.extensions), cfg.input.list_column)
+    identity, weights_id, dim, image_size = _model_facts(cfg.model)  # fails early on missing weights
+    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root)
+    manifest = layout.open(header)
+    save_config(cfg, layout.config_path)
+    if weights_id.startswith("random-init"):
+        log.warning("model weights are RANDOM (%s): embeddings are for smoke tests, not retrieval",
+                    weights_id)
+
+    segment_s = cfg.sampling.segment_s
+    done = completed_paths(layout, segment_s)
+    run_id = new_run_id()
+    writer = ShardWriter(layout, run_id, dim, cfg.output.shard_rows, cfg.output.flush_s,
+                         segmented=bool(segment_s and segment_s > 0), origin=discovery.origin)
+    writer.add_errors(discovery.errors)
+    items, skipped = [], 0
+    for path in discovery.paths:
+        if path in done:
+            skipped += 1
+            continue
+        try:
+            items.append({"path": path, "key": id_key(path, cfg.input.id_root)})
+        except InputError as e:
+            writer.add_errors([error_row(path, "discover", "InputError", str(e), input=discovery.origin[path],
+                                         path=path)])
+    log.info("%d input(s): %d to index, %d already indexed, %d failed discovery",
+             len(discovery.paths) + len(discovery.errors), len(items), skipped, len(discovery.errors))
+
+    pipeline_s = 0.0
+    if items:
+        from tomeray.pipeline.core.ray_session import init_ray
+        from tomeray.pipeline.video.graph import build_dataset
+
+        init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        pipeline_start = time.perf_counter()
+        try:
+            for batch in build_dataset(items, cfg, image_size).iter_batches(batch_size=None,
+                                                                              batch_format="numpy"):
+                writer.add(batch)
+        finally:
+            writer.flush()  # on Ctrl-C too: completed rows are kept
+        pipeline_s = time.perf_counter() - pipeline_start
+        expected = [{"item": it["path"], "input": discovery.origin[it["path"]], "path": it["path"]}
+                    for it in items]
+        writer.add_errors(worker_lost_rows(expected, writer.seen_paths, "decode"))
+    writer.flush()
+
+    # A video is indexed by this run when all its rows are in and it had no error.
+    done_now = completed_paths(layout, segment_s)
+    indexed = len({p for p in writer.ok_paths if p in done_now and p not in writer.failed})
+    manifest = finish_index(layout, manifest, cfg.faiss, cfg.output.build_faiss, done_now)
+    seconds = time.perf_counter() - started
+    summary = IndexSummary(
+        indexed=indexed, skipped=skipped, failed=len(writer.failed), seconds=seconds,
+        videos_per_s=indexed / seconds if seconds > 0 else 0.0, weights_id=weights_id,
+        pipeline_s=pipeline_s, rows=writer.rows_written, total_rows=manifest["counts"]["rows"],
+        total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
+        decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
+        failures=list(writer.failed.values()),
+    )
+    layout.write_run_record(run_id, dataclasses.asdict(summary))
+    return summary

@@ -1,0 +1,94 @@
+"""Writes embedded rows as they stream back to the driver: Parquet parts (atomic, run-unique names)
+every ``shard_rows`` rows or ``flush_s`` seconds, and at the end. A crash loses at most the rows
+not yet written; a rerun embeds only videos without rows."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.video.ids import stable_id
+from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema
+
+__all__ = ["ShardWriter"]
+
+
+class ShardWriter:
+    """Collects embedded rows (see ``pipeline.video.graph``) and writes them to ``layout``."""
+
+    def __init__(self, layout: IndexLayout, run_id: str, dim: int, shard_rows: int, flush_s: float,
+                 segmented: bool, origin: dict[str, str] | None = None):
+        self.layout, self.run_id, self.dim = layout, run_id, dim
+        self.shard_rows, self.flush_s = max(1, shard_rows), flush_s
+        self.segmented = segmented
+        self.origin = origin or {}  # canonical path -> the input that named it
+        self.schema = embeddings_schema(dim)
+        self._rows: list[pa.Table] = []
+        self._errors: list[dict] = []
+        self._pending = 0
+        self._last_flush = time.monotonic()
+        self._seq = 0
+        self.rows_written = 0
+        self.ok_paths: set[str] = set()
+        self.failed: dict[str, dict] = {}
+        self.seen_paths: set[str] = set()
+        self.decode_nodes: Counter = Counter()
+        self.embed_nodes: Counter = Counter()
+
+    def add_errors(self, rows: list[dict]) -> None:
+        for r in rows:
+            self.failed[r["item"]] = r
+            self.seen_paths.add(r["item"])
+        self._errors.extend(rows)
+
+    def _error(self, path: str, stage: str, error_type: str, message: str) -> dict:
+        return error_row(path, stage, error_type, message, input=self.origin.get(path, path), path=path)
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        paths = [str(p) for p in batch["path"]]
+        self.seen_paths.update(paths)
+        self.decode_nodes.update(str(n) for n in batch["decode_node"])
+        self.embed_nodes.update(str(n) for n in batch["embed_node"])
+        failed = np.asarray([str(t) != "" for t in batch["error_type"]], dtype=bool)
+        self.add_errors([self._error(paths[i], str(batch["error_stage"][i]), str(batch["error_type"][i]),
+                                     str(batch["error_message"][i])) for i in np.flatnonzero(failed)])
+        ok = np.flatnonzero(~failed)
+        if len(ok):
+            self._rows.append(self._table(batch, paths, ok))
+            self._pending += len(ok)
+            self.ok_paths.update(paths[i] for i in ok)
+        if self._pending >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def _table(self, batch: dict[str, np.ndarray], paths: list[str], ok: np.ndarray) -> pa.Table:
+        keys = [str(batch["key"][i]) for i in ok]
+        starts = np.asarray(batch["start_s"], np.float64)[ok]
+        ids = [stable_id(k, s) if self.segmented else stable_id(k) for k, s in zip(keys, starts)]
+        emb = np.ascontiguousarray(np.asarray(batch["embedding"])[ok], dtype=np.float32)
+        columns = {
+            "video_id": pa.array(np.asarray(ids, np.int64)),
+            "path": pa.array([paths[i] for i in ok], pa.string()),
+            **{name: pa.array(np.asarray(batch[name])[ok].astype(np.float64))
+               for name in ("start_s", "end_s", "duration_s", "fps")},
+            "n_frames": pa.array(np.asarray(batch["n_frames"])[ok].astype(np.int64)),
+            "frame_indices": pa.array([np.asarray(batch["frame_indices"][i], np.int64).tolist() for i in ok],
+                                      pa.list_(pa.int64())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), self.dim),
+        }
+        return pa.Table.from_pydict(columns, schema=self.schema)
+
+    def flush(self) -> None:
+        name = f"{self.run_id}-{self._seq:05d}"
+        if self._rows:
+            table = pa.concat_tables(self._rows)
+            self.layout.write_embeddings(table, name)
+            self.rows_written += table.num_rows
+        if self._errors:
+            self.layout.write_errors(self._errors, name)
+        if self._rows or self._errors:
+            self._seq += 1
+        self._rows, self._errors, self._pending = [], [], 0
+        self._last_flush = time.monotonic()
