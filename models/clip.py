@@ -13,6 +13,8 @@ string saying exactly which weights were loaded (every output records it):
 
 Tags trained with QuickGELU (OpenAI's) get QuickGELU even under the plain architecture name, so
 ``ViT-B-32`` + ``openai`` computes what OpenAI's model computes.
+
+The text encoder carries TempMe's text-tower LoRA (``models.lora``; zero update until trained).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tomeray.models.errors import ConfigError, InputError, WeightsError
+from tomeray.models.lora import LORA_RANK, TowerAdapter, lora_qkv
 from torch import nn
 
 __all__ = ["ClipTextEncoder", "LoadedClip", "RANDOM_INIT", "load_clip"]
@@ -33,19 +37,99 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 class ClipTextEncoder(nn.Module):
-    """open_clip tokenizer + text tower: list of strings -> (N, D) L2-normalised embeddings."""
+    """open_clip tokenizer + text tower: strings (or token ids) -> (N, D) L2-normalised embeddings.
 
-    def __init__(self, model: nn.Module, tokenizer):
+    The text transformer runs on its own weights through a block forward that adds the LoRA update
+    (``tvpt``: ``transformer.resblocks.N.attn.TVPt_LoRA_a/b``) and keeps the tower's causal mask and
+    its end-of-text pooling; with B = 0 this is open_clip's ``encode_text``. Text towers it does not
+    cover (Hugging Face towers, class-token or padding-mask towers, custom blocks) run open_clip's own
+    ``encode_text`` and have no LoRA (``tvpt`` is None).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, lora_rank: int = LORA_RANK):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self._tower_attr = _lora_text_tower(model)
+        tower = self._tower
+        self.tvpt = None
+        if tower is not None:
+            blocks = tower.transformer.resblocks
+            self.tvpt = TowerAdapter(int(tower.transformer.width), len(blocks), lora_rank, seed=1).to(
+                tower.positional_embedding.device)
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
+    @property
+    def _tower(self) -> nn.Module | None:
+        """The module holding the text transformer: the CLIP model itself, or its ``text`` tower."""
+        if self._tower_attr is None:
+            return None
+        return getattr(self.model, self._tower_attr) if self._tower_attr else self.model
+
+    def tokenize(self, texts: list[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InputError(f"encode_text expects a list of strings; got {type(texts).__name__}")
+        return self.tokenizer(list(texts), context_length=context_length)
+
+    def forward(self, texts: list[str] | torch.Tensor) -> torch.Tensor:
+        tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
+        return self.encode_tokens(tokens)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L) token ids -> (N, D) float32 unit vectors (L up to the tower's context length)."""
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(list(texts)).to(device)
-        return self.model.encode_text(tokens, normalize=True).float()
+        if tokens.dim() != 2 or tokens.is_floating_point():
+            raise InputError(f"token ids must be an integer tensor (N, L); got {tuple(tokens.shape)} "
+                             f"{tokens.dtype}")
+        tokens = tokens.to(device)
+        tower = self._tower
+        if tower is None:
+            return self.model.encode_text(tokens, normalize=True).float()
+        n, length = tokens.shape
+        context = tower.positional_embedding.shape[0]
+        if length > context:
+            raise InputError(f"token ids have length {length}; this text tower takes at most {context}")
+        x = tower.token_embedding(tokens).to(tower.transformer.get_cast_dtype())
+        x = x + tower.positional_embedding[:length].to(x.dtype)
+        mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
+        for block, parts in zip(tower.transformer.resblocks, self.tvpt.blocks):
+            q, k, v = lora_qkv(block, parts.attn, block.ln_1(x), sequence_first=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+            x = x + block.ls_1(block.attn.out_proj(y.transpose(1, 2).reshape(n, length, -1)))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = _pool_text(tower, self._tower_attr, tower.ln_final(x), tokens)
+        projection = tower.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return F.normalize(x, dim=-1).float()
+
+
+def _lora_text_tower(model: nn.Module) -> str | None:
+    """Where the LoRA forward finds the text transformer: "" (CLIP keeps it on the model), "text"
+    (CustomTextCLIP's TextTransformer), or None when the forward does not cover the tower."""
+    from open_clip.transformer import ResidualAttentionBlock, TextTransformer
+
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer):
+        if text.cls_emb is not None or text.use_pad_mask:
+            return None
+        attr, tower = "text", text
+    elif all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer",
+                                         "ln_final")):
+        attr, tower = "", model
+    else:
+        return None
+    transformer = tower.transformer
+    plain = all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                for b in transformer.resblocks)
+    return attr if plain and getattr(transformer, "batch_first", True) else None
+
+
+def _pool_text(tower: nn.Module, attr: str, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    from open_clip.transformer import text_global_pool
+
+    if attr:  # TextTransformer
+        return text_global_pool(x, tokens, tower.pool_type, eos_token_id=tower.eos_id)
+    return text_global_pool(x, tokens, tower.text_pool_type, eos_token_id=getattr(tower, "text_eos_id", None))
 
 
 @dataclass
@@ -89,8 +173,10 @@ def _check_arch(arch: str) -> None:
         raise ConfigError(f"unknown open_clip arch '{arch}'{hint}; see open_clip.list_models()")
 
 
-def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | None = None) -> LoadedClip:
-    """Create open_clip model ``arch`` with the weights named by ``pretrained`` (see module doc)."""
+def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | None = None,
+              lora_rank: int = LORA_RANK) -> LoadedClip:
+    """Create open_clip model ``arch`` with the weights named by ``pretrained`` (see module doc);
+    ``lora_rank``: rank of the text tower's (untrained) LoRA."""
     import open_clip
 
     _check_arch(arch)
@@ -147,5 +233,5 @@ def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | Non
 
     visual = model.visual
     model.visual = nn.Identity()  # the text encoder must not carry a second reference to the tower
-    text = ClipTextEncoder(model, open_clip.get_tokenizer(arch))
+    text = ClipTextEncoder(model, open_clip.get_tokenizer(arch), lora_rank=lora_rank)
     return LoadedClip(visual, text, weights_id, size, mean, std)

@@ -45,6 +45,18 @@ def tempme_tower(fixtures_dir):
 
 
 @pytest.fixture(scope="session")
+def tempme_trained_state(fixtures_dir) -> dict:
+    """Fixture 3's visual TVPt_* tensors under the reference's tower keys
+    (``transformer.resblocks.N.attn.TVPt_LoRA_a`` ...): Fixture 2's values (LoRA A) with Fixture 3's
+    nonzero LoRA B and temporal embeddings on top, as the fixture README prescribes."""
+    from safetensors.torch import load_file
+
+    base = load_file(fixtures_dir / "tempme_tiny_visual_state_dict.safetensors")
+    trained = load_file(fixtures_dir / "tempme_tiny_trained_state_dict.safetensors")
+    return {**{k: v for k, v in base.items() if "TVPt_" in k}, **trained}
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray cluster for the whole test session (2 CPUs, like CI)."""
     import ray

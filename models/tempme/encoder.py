@@ -1,4 +1,5 @@
-"""TempMe: training-free temporal token merging inside an open_clip ``VisionTransformer``.
+"""TempMe: temporal token merging inside an open_clip ``VisionTransformer`` (training-free, or with
+trained LoRA and temporal embeddings).
 
 A video of T frames runs through the tower's own weights (conv1, ln_pre, every residual block,
 ln_post, proj) with a block forward that merges tokens (``models.merging``):
@@ -13,9 +14,16 @@ ln_post, proj) with a block forward that merges tokens (``models.merging``):
 CLS tokens are never merged away nor merged into, so every frame keeps its own CLS token to the
 end. Merged tokens are size-weighted means and, with ``prop_attn``, attend with a ``log(size)``
 bias (proportional attention). The video embedding is the mean of the L2-normalised per-frame
-CLS projections, L2-normalised again for retrieval. TempMe's LoRA and temporal position
-embeddings are zero when it is untrained, so pretrained CLIP + this merging *is* its training-free
-form. ``preset="none"`` runs the same weights with no merging: the CLIP4Clip mean-pooling baseline.
+CLS projections, L2-normalised again for retrieval. ``preset="none"`` runs the same weights with no
+merging: the CLIP4Clip mean-pooling baseline.
+
+Trainable form (``models.lora``): LoRA on q/k/v in every block, and in each ClipMe block one temporal
+embedding per group entering it, added to all of a group's tokens after the concatenation and before
+the size-weighted cross-clip merge (whose metric is the block input without it), and only when that
+block merges across clips at all (as the reference does). Both start at zero (LoRA B = 0), so an
+encoder without an adapter is exactly TempMe's training-free form. ``grad=True`` keeps the autograd
+graph: merge decisions are made without gradient, gradients flow through the merged values and
+through the LoRA-updated keys into attention; token sizes are constants.
 
 The merge schedule is declarative (``MergeSchedule``, relative to depth and token count) and is
 resolved once per encoder into a per-layer ``LayerPlan`` from the tower's actual depth, tokens per
@@ -31,6 +39,7 @@ Pooling weights every real frame once: a frame copied into c slots gives each co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from tomeray.models.device import AUTOCAST_DTYPES, autocast
 from tomeray.models.errors import ConfigError, InputError
+from tomeray.models.lora import LORA_RANK, TowerAdapter, lora_qkv
 from tomeray.models.merging import attention_bias, bipartite_soft_matching, merge_wavg
 from tomeray.models.tempme.schedule import MergeSchedule, preset_schedule, resolve_schedule
 from torch import nn
@@ -75,6 +85,8 @@ class TempMeEncoder(nn.Module):
 
     ``visual``: an open_clip ``VisionTransformer`` (class-token pooling, standard residual blocks).
     ``text``: optional text encoder (``models.clip.ClipTextEncoder``) for ``encode_text``.
+    ``lora_rank``: rank of the trainable LoRA (``tvpt``, next to the tower; the tower is not modified).
+    ``adapter``: the trained parts loaded into it (``models.tempme.adapter``), None when untrained.
     """
 
     def __init__(
@@ -90,6 +102,7 @@ class TempMeEncoder(nn.Module):
         mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073),
         std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711),
         precision: str = "fp32",
+        lora_rank: int = LORA_RANK,
     ):
         super().__init__()
         _check_tower(visual)
@@ -111,6 +124,16 @@ class TempMeEncoder(nn.Module):
         self.tokens_per_frame = int(visual.positional_embedding.shape[0])
         blocks = visual.transformer.resblocks
         self.plan = resolve_schedule(self.schedule, len(blocks), self.tokens_per_frame, self.num_frames)
+        text_rank = getattr(getattr(text, "tvpt", None), "rank", lora_rank)
+        if text_rank != lora_rank:
+            raise ConfigError(f"the text encoder's LoRA rank is {text_rank} but lora_rank={lora_rank}; "
+                              "build both with the same rank")
+        clip_groups = {p.layer: p.groups * p.frames_per_clip for p in self.plan if p.frames_per_clip > 1}
+        self.tvpt = TowerAdapter(int(visual.transformer.width), len(blocks), lora_rank, clip_groups).to(
+            visual.proj.device)
+        # AdapterInfo of the trained parts loaded (load_adapter / load_reference_checkpoint); tensors
+        # changed in memory afterwards (training) are not tracked until saved and loaded again
+        self.adapter = None
         self.requires_grad_(False)
 
     @property
@@ -118,7 +141,8 @@ class TempMeEncoder(nn.Module):
         return self.visual.proj.device
 
     def identity(self) -> dict:
-        """What makes two encoders' embeddings comparable (indexes are compatible iff equal)."""
+        """What makes two encoders' embeddings comparable (indexes are compatible iff equal). With an
+        adapter it includes ``"adapter": {"id", "name"}``; without one it is what it always was."""
         return {
             "arch": self.arch,
             "weights_id": self.weights_id,
@@ -130,19 +154,62 @@ class TempMeEncoder(nn.Module):
             "num_frames": self.num_frames,
             "mean": list(self.mean),
             "std": list(self.std),
+            # only with an adapter, so the identity of the training-free form stays what it always was
+            **({"adapter": {"id": self.adapter.id, "name": self.adapter.name}} if self.adapter else {}),
         }
+
+    # ------------------------------------------------------------------------------ trainable
+
+    @property
+    def lora_rank(self) -> int:
+        return self.tvpt.rank
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters TempMe trains (visual LoRA, temporal embeddings, text LoRA), named as in an
+        adapter file (``visual.transformer.resblocks.N.attn.TVPt_LoRA_a``, ``text.transformer...``)."""
+        params = {f"visual.{k}": p for k, p in self.tvpt.named_parameters()}
+        if self._text_tvpt is not None:
+            params.update({f"text.{k}": p for k, p in self._text_tvpt.named_parameters()})
+        return params
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """``adapter_parameters`` with requires_grad switched on, for an optimizer; every other weight
+        (both towers, the logit scale) stays frozen."""
+        params = self.adapter_parameters()
+        for p in params.values():
+            p.requires_grad_(True)
+        return params
+
+    @property
+    def _text_tvpt(self) -> nn.Module | None:
+        return getattr(self.text, "tvpt", None)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the trainable tensors, named as in ``trainable_parameters``."""
+        with torch.no_grad():
+            state = {f"visual.{k}": v.detach().clone() for k, v in self.tvpt.state_dict().items()}
+            if self._text_tvpt is not None:
+                text = self._text_tvpt.state_dict()
+                state.update({f"text.{k}": v.detach().clone() for k, v in text.items()})
+        return state
 
     # ----------------------------------------------------------------------------------- video
 
-    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, 3, H, W) normalised frames (+ optional (B, T) frame mask) -> (B, D) unit vectors."""
-        return F.normalize(self.forward_features(frames, mask).video_embedding, dim=-1)
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor | None = None, *,
+                     grad: bool = False) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames (+ optional (B, T) frame mask) -> (B, D) unit vectors.
+        ``grad=True``: keep the autograd graph (training); otherwise inference mode."""
+        return F.normalize(self.forward_features(frames, mask, grad=grad).video_embedding, dim=-1)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_video(frames, mask)
 
-    @torch.inference_mode()
-    def forward_features(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> VideoFeatures:
+    def forward_features(self, frames: torch.Tensor, mask: torch.Tensor | None = None, *,
+                         grad: bool = False) -> VideoFeatures:
+        with _grad_mode(grad):
+            return self._features(frames, mask)
+
+    def _features(self, frames: torch.Tensor, mask: torch.Tensor | None) -> VideoFeatures:
         frames, weights = self._prepare(frames, mask)
         b, t = frames.shape[:2]
         with autocast(self.device, self.precision):
@@ -206,30 +273,35 @@ class TempMeEncoder(nn.Module):
         size: torch.Tensor | None = None
         cls = 1
         shapes = []
-        for block, step in zip(self.visual.transformer.resblocks, self.plan):
-            if step.frames_per_clip > 1:
-                x, size = _concat_groups(x, size, step.frames_per_clip, cls)
-                cls *= step.frames_per_clip
+        for block, parts, step in zip(self.visual.transformer.resblocks, self.tvpt.blocks, self.plan):
+            g = step.frames_per_clip
+            if g > 1:
+                if size is None:
+                    size = x.new_ones(x.shape[0], x.shape[1], 1)
+                # the reference adds the temporal embedding only when the block merges across clips
+                temporal = None
+                if step.cross_r:
+                    temporal = _concat_groups(_group_embedding(parts.temporal, x), g, cls)
+                x, size = _concat_groups(x, g, cls), _concat_groups(size, g, cls)
+                cls *= g
                 if step.cross_r:
                     protected, dst = _merge_masks(x.shape[1], cls, x.device)
+                    # decided on the block input without the embedding (matching runs without gradient)
                     merge, _ = bipartite_soft_matching(x, step.cross_r, protected=protected, dst=dst)
-                    x, size = merge_wavg(merge, x, size)
-            x, size = self._block(block, x, size, step.r, cls)
+                    x, size = merge_wavg(merge, x + temporal.to(x.dtype), size)
+            x, size = self._block(block, parts, x, size, step.r, cls)
             shapes.append((x.shape[0], x.shape[1]))
         return x, size, shapes
 
     def _block(
-        self, block: nn.Module, x: torch.Tensor, size: torch.Tensor | None, r: int, cls: int
+        self, block: nn.Module, parts: nn.Module, x: torch.Tensor, size: torch.Tensor | None, r: int, cls: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One pre-LN residual block with the block's own weights: attend, merge r, MLP."""
-        attn = block.attn
+        """One pre-LN residual block with the block's own weights (+ its LoRA): attend, merge r, MLP."""
         b, n, c = x.shape
-        heads = attn.num_heads
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = lora_qkv(block, parts.attn, block.ln_1(x))
         bias = attention_bias(size, dtype=q.dtype) if self.schedule.prop_attn else None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        y = attn.out_proj(y.transpose(1, 2).reshape(b, n, c))
+        y = block.attn.out_proj(y.transpose(1, 2).reshape(b, n, c))
         x = x + block.ls_1(y)
         if r:
             protected, dst = _merge_masks(n, cls, x.device)
@@ -239,9 +311,9 @@ class TempMeEncoder(nn.Module):
 
     # ------------------------------------------------------------------------------------ text
 
-    @torch.inference_mode()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """(N,) strings -> (N, D) L2-normalised text embeddings from the matching text tower."""
+    def encode_text(self, texts: list[str] | torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        """(N,) strings, or (N, L) token ids from ``tokenize``, -> (N, D) L2-normalised text embeddings
+        from the matching text tower (with its LoRA). ``grad=True`` keeps the autograd graph."""
         if self.text is None:
             raise InputError(
                 "this encoder has no text tower; build it with create_video_encoder(cfg, with_text=True)"
@@ -250,23 +322,33 @@ class TempMeEncoder(nn.Module):
             raise InputError("encode_text expects a list of strings, got one string; wrap it in a list")
         if len(texts) == 0:
             return torch.zeros(0, self.embed_dim, device=self.device)
-        with autocast(self.device, self.precision):
+        with _grad_mode(grad), autocast(self.device, self.precision):
             return self.text(texts)
 
+    def tokenize(self, texts: list[str], context_length: int | None = None) -> torch.Tensor:
+        """Token ids (N, context_length) for ``encode_text``; shorter contexts truncate long texts."""
+        if self.text is None:
+            raise InputError("this encoder has no text tower to tokenize for")
+        return self.text.tokenize(texts, context_length)
 
-def _concat_groups(
-    x: torch.Tensor, size: torch.Tensor | None, g: int, cls: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _grad_mode(grad: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if grad else torch.inference_mode()
+
+
+def _group_embedding(temporal: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(1, F, 1, C) temporal embedding -> (groups, tokens, C): group j of x (F groups per video, videos
+    one after another) gets vector j mod F on every token."""
+    groups, n, c = x.shape
+    per_group = temporal[0, :, 0][torch.arange(groups, device=x.device) % temporal.shape[1]]
+    return per_group[:, None, :].expand(groups, n, c)
+
+
+def _concat_groups(t: torch.Tensor, g: int, cls: int) -> torch.Tensor:
     """Join g consecutive groups into one: all CLS tokens first, then all patches, in group order."""
-    b, n, c = x.shape
-    if size is None:
-        size = x.new_ones(b, n, 1)
-
-    def join(t: torch.Tensor) -> torch.Tensor:
-        t = t.reshape(b // g, g, n, t.shape[-1])
-        return torch.cat([t[:, :, :cls].flatten(1, 2), t[:, :, cls:].flatten(1, 2)], dim=1)
-
-    return join(x), join(size)
+    b, n, c = t.shape
+    t = t.reshape(b // g, g, n, c)
+    return torch.cat([t[:, :, :cls].flatten(1, 2), t[:, :, cls:].flatten(1, 2)], dim=1)
 
 
 def _pair(v) -> tuple[int, int]:

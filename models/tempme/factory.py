@@ -1,4 +1,5 @@
-"""``create_video_encoder``: an open_clip model with explicit weights + a TempMe merge schedule."""
+"""``create_video_encoder``: an open_clip model with explicit weights + a TempMe merge schedule
+(+ optionally a trained adapter)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from tomeray.models.clip import load_clip
 from tomeray.models.device import resolve_device, resolve_precision
 from tomeray.models.errors import ConfigError
+from tomeray.models.lora import LORA_RANK
+from tomeray.models.tempme.adapter import load_adapter, read_adapter_metadata
 from tomeray.models.tempme.encoder import TempMeEncoder
 from tomeray.models.tempme.schedule import CUSTOM, MergeSchedule, preset_schedule
 
@@ -22,6 +25,7 @@ class VideoModelConfig:
     num_frames: int = 12
     seed: int = 0  # random init seed (pretrained=none)
     schedule: MergeSchedule | None = None  # with preset="custom": the merge schedule to use
+    adapter: str | None = None  # path of a trained adapter (adapter.safetensors); None: training-free
 
 
 def _config_schedule(cfg: VideoModelConfig) -> MergeSchedule:
@@ -47,12 +51,15 @@ def _config_schedule(cfg: VideoModelConfig) -> MergeSchedule:
 def create_video_encoder(cfg: VideoModelConfig, *, with_text: bool = True, device: str = "auto",
                          precision: str = "auto") -> TempMeEncoder:
     """Build the encoder: open_clip model + weights (``models.clip``), preset schedule, on ``device``
-    in ``precision`` (``models.device``'s rule). ``with_text=False`` drops the text tower
-    (video-only workers save its memory)."""
+    in ``precision`` (``models.device``'s rule), with ``cfg.adapter`` loaded when given (refused if it
+    was trained for other settings). ``with_text=False`` drops the text tower (video-only workers save
+    its memory)."""
     schedule = _config_schedule(cfg)  # fail on a bad preset before loading weights
     where = resolve_device(device)
     precision = resolve_precision(precision, where)
-    clip = load_clip(cfg.arch, cfg.pretrained, seed=cfg.seed)
+    # the adapter sizes the LoRA; its header is read first: a missing or foreign file fails before any weights
+    rank = int(read_adapter_metadata(cfg.adapter).get("lora_rank", LORA_RANK)) if cfg.adapter else LORA_RANK
+    clip = load_clip(cfg.arch, cfg.pretrained, seed=cfg.seed, lora_rank=rank)
     encoder = TempMeEncoder(
         clip.visual,
         cfg.preset,
@@ -64,5 +71,8 @@ def create_video_encoder(cfg: VideoModelConfig, *, with_text: bool = True, devic
         mean=clip.mean,
         std=clip.std,
         precision=precision,
+        lora_rank=rank,
     )
+    if cfg.adapter:
+        load_adapter(encoder, cfg.adapter)
     return encoder.to(where)
