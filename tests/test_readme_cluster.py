@@ -1,0 +1,172 @@
+"""The README's "Run on a Ray cluster" commands, run as written on loopback: a head and a second node
+with token authentication, the indexing job submitted with tomeray installed on the nodes, the
+reconstruction job with the code shipped as ``py_modules``, then a rerun of the indexing job
+submitted without waiting, followed, queried and stopped. The blocks are read from the README
+(``readme_blocks``), so the two cannot drift apart.
+
+What the test changes, and why: placeholders (``HEAD``, the ports 6379 / 8265, ``/shared/``) become
+loopback values and free ports; ``ray start`` gets flags that keep this cluster apart from any other
+on the machine (its own temp dir, agent and client ports, 1 CPU per node); jobs get tiny models
+(``FAST_*``); ``ssh HEAD`` is dropped (the head is this machine); ``HOME`` is a temp dir, so the
+token lands in its own ``~/.ray/auth_token``; pip runs offline. The README's ``ray stop`` is not run:
+it would end every Ray process of this user on the machine; the test ends its own by temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from media import write_video
+from ray_cluster import BIN, REPO, free_port, kill_processes_naming
+from readme_blocks import commands, job_entrypoint, readme_blocks
+from tomeray.pipeline.reconstruction.layout import ReconLayout
+from tomeray.pipeline.video.layout import IndexLayout
+
+FAST_INDEX = ["model.arch=ViT-S-32", "model.pretrained=none", "inference.device=cpu", "ray.progress=false"]
+FAST_RECON = ["model.arch=vggt-tiny", "model.pretrained=none", "ray.progress=false", "points.max_points=2000"]
+PAIRS = [1, 2, 3]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+class Loopback:
+    """Runs README blocks against a cluster on this machine."""
+
+    def __init__(self, root: Path):
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="trr", dir="/tmp"))  # Ray's socket paths stay short
+        self.home, self.shared, self.clone = root / "home", root / "shared", root / "clone"
+        self.home.mkdir()
+        self.shared.mkdir()
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env = {**base, "HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+                    "RAY_USAGE_STATS_ENABLED": "0", "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0",
+                    "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        shutil.copytree(REPO, self.clone, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "out", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"))
+
+    def script(self, block: str) -> str:
+        lines = []
+        for cmd in commands(block):
+            cmd = cmd.replace("ssh HEAD ", "")
+            cmd = re.sub(r"\bHEAD\b", "127.0.0.1", cmd)
+            cmd = re.sub(r"\b6379\b", str(self.gcs_port), cmd)
+            cmd = re.sub(r"\b8265\b", str(self.dashboard_port), cmd)
+            cmd = cmd.replace("/shared/", f"{self.shared}/")
+            if cmd.startswith("ray start"):
+                cmd = self._own_ports(cmd)
+            entry = job_entrypoint(cmd)
+            if entry and entry[:2] == ["python", "-m"]:
+                fast = FAST_INDEX if entry[2] == "tomeray.jobs.index_videos" else FAST_RECON
+                code, _, comment = cmd.partition("  #")
+                cmd = f"{code.rstrip()} {' '.join(fast)}" + (f"  #{comment}" if comment else "")
+            lines.append(cmd)
+        return "set -euo pipefail\n" + "\n".join(lines) + "\n"
+
+    def _own_ports(self, cmd: str) -> str:
+        flags = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
+                 f"--dashboard-agent-listen-port={free_port()}"]
+        if "--head" in cmd:
+            flags += [f"--temp-dir={self.ray_tmp}/r", f"--ray-client-server-port={free_port()}"]
+        return f"{cmd} {' '.join(flags)}"
+
+    def run(self, block: str, timeout: float = 300) -> str:
+        start = time.monotonic()
+        proc = subprocess.run(["bash", "-c", self.script(block)], env=self.env, cwd=self.clone,
+                              capture_output=True, text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
+        print(f"{time.monotonic() - start:6.1f} s  {commands(block)[-1][:90]}")  # step times, with -s
+        assert proc.returncode == 0, f"rc {proc.returncode}:\n{self.script(block)}\n{out[-4000:]}"
+        return out
+
+    def export(self, block: str) -> None:
+        """Run a block of ``export`` lines and keep what it exports for the blocks after it, as one
+        shell would."""
+        proc = subprocess.run(["bash", "-c", self.script(block) + "env -0"], env=self.env, cwd=self.clone,
+                              capture_output=True, text=True, timeout=60, check=True)
+        self.env = dict(item.split("=", 1) for item in proc.stdout.split("\0") if "=" in item)
+
+    def alive_nodes(self) -> int:
+        code = "import ray; ray.init(log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+        env = {**self.env, "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=120, check=True)
+        return int(proc.stdout.split()[-1])
+
+    def stop(self) -> None:
+        kill_processes_naming(self.ray_tmp)
+
+
+@pytest.fixture()
+def loopback(tmp_path):
+    cluster = Loopback(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+    left = subprocess.run(["pgrep", "-f", str(cluster.ray_tmp)], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes of the README cluster still run: {left}"
+
+
+def make_inputs(shared: Path, opencv_data: Path) -> None:
+    (shared / "videos").mkdir()
+    for i in range(6):
+        write_video(shared / "videos" / f"clip{i}.avi", 24, 160, 120, seed=i)
+    for i in PAIRS:
+        scene = shared / "scenes" / f"pair{i:02d}"
+        scene.mkdir(parents=True)
+        for side in ("left", "right"):
+            shutil.copy(opencv_data / f"{side}{i:02d}.jpg", scene)
+
+
+def test_readme_cluster_commands_as_written(loopback, opencv_data):
+    blocks = readme_blocks()
+    assert {"head", "worker", "client", "ship", "submit", "follow"} <= set(blocks), sorted(blocks)
+    make_inputs(loopback.shared, opencv_data)
+
+    loopback.run(blocks["head"])
+    token = (loopback.home / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 32  # `ray get-auth-token --generate` wrote the head's token
+    loopback.run(blocks["worker"])
+    loopback.export(blocks["client"])
+    assert loopback.env["RAY_AUTH_TOKEN"] == token and loopback.env["RAY_AUTH_MODE"] == "token"
+    assert loopback.alive_nodes() == 2
+
+    # indexing, tomeray installed in the nodes' environment
+    logs = loopback.run(blocks["submit"])
+    assert "succeeded" in logs and "indexed 6 videos" in logs, logs[-3000:]
+    index = IndexLayout(loopback.shared / "idx")
+    assert index.read_manifest()["counts"]["rows"] == 6 and (index.root / "index.faiss").is_file()
+
+    # reconstruction, the code shipped with the job
+    logs = loopback.run(blocks["ship"])
+    assert "succeeded" in logs and f"reconstructed {len(PAIRS)} scene(s)" in logs, logs[-3000:]
+    recon = ReconLayout(loopback.shared / "recon")
+    assert set(recon.finished_scenes()) == {f"pair{i:02d}" for i in PAIRS}
+    cameras = pq.read_table(recon.cameras_path)
+    assert cameras.num_rows == 2 * len(PAIRS) and recon.read_manifest()["complete"]
+    # ... and that job imported the shipped copy, not the one installed here
+    (runtime_env,) = re.findall(r"--runtime-env-json '([^']+)'", blocks["ship"])
+    assert json.loads(runtime_env)["py_modules"]
+    probe = ("ray job submit --address http://HEAD:8265 --runtime-env-json '" + runtime_env + "' -- "
+             "python -c \"import importlib.util as u; "
+             "print('tomeray_from=' + u.find_spec('tomeray.jobs.index_videos').origin)\"")
+    (where,) = re.findall(r"tomeray_from=(/\S+)", loopback.run(probe))
+    assert "runtime_resources" in where and not where.startswith(str(REPO)), where
+
+    # submit, follow, status and stop; rerunning the indexing job resumes it (here: nothing left)
+    logs = loopback.run(blocks["follow"])
+    assert "indexed 0 videos" in logs and "skipped 6 already indexed" in logs, logs[-3000:]
+    assert "Job 'index-videos-2' succeeded" in logs, logs[-3000:]
+    assert index.read_manifest()["counts"]["rows"] == 6
