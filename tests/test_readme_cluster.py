@@ -49,7 +49,7 @@ class Loopback:
     """Runs README blocks against a cluster on this machine."""
 
     def __init__(self, root: Path):
-        self.ray_tmp = Path(tempfile.mkdtemp(prefix="trr", dir="/tmp"))  # Ray's socket paths stay short
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="trdoc", dir="/tmp"))  # Ray's socket paths stay short
         self.home, self.shared, self.clone = root / "home", root / "shared", root / "clone"
         self.home.mkdir()
         self.shared.mkdir()
@@ -110,8 +110,13 @@ class Loopback:
                               timeout=120, check=True)
         return int(proc.stdout.split()[-1])
 
+    def running(self) -> str:
+        found = subprocess.run(["pgrep", "-f", str(self.ray_tmp)], capture_output=True, text=True)
+        return found.stdout.strip()
+
     def stop(self) -> None:
         kill_processes_naming(self.ray_tmp)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)  # the session's logs and spilled objects
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +132,10 @@ def cluster(tmp_path_factory, opencv_data):
         yield loopback
     finally:
         loopback.stop()
-    left = subprocess.run(["pgrep", "-f", str(loopback.ray_tmp)], capture_output=True, text=True).stdout
-    assert not left.strip(), f"processes of the README cluster still run: {left}"
+    deadline = time.monotonic() + 20  # SIGKILLed processes take a moment to go
+    while (left := loopback.running()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the README cluster still run: {left}"
 
 
 def make_inputs(shared: Path, opencv_data: Path) -> None:
