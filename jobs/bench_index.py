@@ -1,49 +1,61 @@
-"""Indexing throughput: each stage alone vs the streaming pipeline, on the same videos in one run.
+"""Indexing throughput and start-up: the real job end to end against the bound its own stage
+costs allow, with each stage alone measured in the same run.
 
-    python -m tomeray.jobs.bench_index [--videos 48] [--arch ViT-B-32] [--json PATH]
+    python -m tomeray.jobs.bench_index [--videos 48] [--arch ViT-B-32] [--json PATH] [overrides ...]
 
 Inputs: copies of the opencv-doc sample videos (vtest.avi, Megamind.avi, tree.avi, cycled), so
 every copy has its own path and id. Weights: random init (``pretrained=none``, said in the
 output): timing does not depend on the values.
 
-Rows (one per measurement, all on the same inputs):
+Rows (all on the same videos, in this order):
 
-* ``profile``: decode and embed run in this process, one thread each, on a subset; the process
-  CPU time per video is the stage's cost in core-seconds (``decode_core_s`` / ``embed_core_s``).
-* ``decode``: decode tasks alone on the Ray cluster (same config as the job), videos/s.
-* ``embed``: the embed actor pool alone, over clips decoded beforehand, videos/s.
-* ``pipeline``: the real job (``run_index``: decode -> embed -> Parquet shards), videos/s over its
-  Ray Data execution (actor start-up included, model load on the driver and FAISS excluded).
-  ``overlap_ratio`` = pipeline / the slowest stage alone; ``efficiency`` = pipeline / the bound
-  this machine allows: on CPU ``cores / (decode_core_s + embed_core_s)``, with GPU embedding the
-  slowest stage alone. ``*_steady`` repeat both with the marginal rate of the job (a second run on
-  a third of the videos; the difference cancels the fixed start-up of actors and models), which
-  is what a long job converges to; ``startup_s`` is that fixed cost.
+* ``pipeline``: the real command, ``tomeray index`` in a fresh process (cold: Python start,
+  imports, Ray start, actors; ``output.build_faiss=false``, FAISS has its own rows), read back
+  from its run record. ``decode_cpu_s`` / ``embed_cpu_s``:
+  CPU seconds per video the stages' workers spent on the rows' work (measured inside the
+  operators; start-up is outside the rows). ``bound_videos_per_s`` = cores / (decode + embed
+  core-s per video) on CPU (with GPU actors also at most actors / embed seconds per video).
+  ``efficiency`` = videos/s over the Ray Data execution / bound, ``efficiency_steady`` the same
+  from the first embedding on, ``efficiency_command`` over the whole command (Python start to
+  exit): each is (CPU seconds of stage work) / (cores x seconds), so none can exceed 1; one that
+  does means the measurement is wrong, and the bench says so and exits with status 1.
+  ``first_embedding_s``: job start to the first embedding computed; ``startup``: the milestones.
+* ``decode``: decode tasks alone on a Ray cluster (the job's settings), videos/s, its cost, and its
+  efficiency alone (its work / (cores x its seconds)).
+* ``embed``: the embed actor pool alone over clips decoded beforehand, likewise.
+  ``cost_vs_pipeline`` = the stage's cost per video alone / in the pipeline (contention shows as
+  a value below 1).
 * ``faiss``: rows of ``tomeray.jobs.bench_faiss`` (Flat vs presets) at the model's dimension.
+
+The machine's load average is recorded at the start and the end: on a shared machine the rates
+move with it, the efficiencies (ratios within one run) much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.core.config import load_config
 from tomeray.pipeline.core.graph import actor_stage, task_stage
+from tomeray.pipeline.core.timing import CostTotals, run_costs
 from tomeray.pipeline.video.config import IndexConfig
 from tomeray.pipeline.video.graph import plan_embedding
-from tomeray.pipeline.video.job import run_index
 
 SOURCES = ("vtest.avi", "Megamind.avi", "tree.avi")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
+COST_COLUMNS = ("path", "decode_cpu_s", "decode_wall_s", "decode_done_at")
+NAN = float("nan")
 
 
 def make_corpus(folder: Path, n: int) -> list[str]:
@@ -57,175 +69,180 @@ def make_corpus(folder: Path, n: int) -> list[str]:
     return paths
 
 
-def profile_stages(paths: list[str], cfg: IndexConfig) -> dict:
-    """Process CPU seconds per video of decoding and of embedding, one thread each, in-process;
-    embedding runs in batches of the job's batch size, as the actors do."""
-    import torch
-    from tomeray.operators.video_decode import decode_clips
-    from tomeray.operators.video_embed import VideoEmbedder
-
-    torch.set_num_threads(1)
-    embedder = VideoEmbedder(dataclasses.asdict(cfg.model), num_threads=1)
-    size, t = embedder.encoder.image_size, cfg.model.num_frames
-    clips = []
-    cpu, wall = time.process_time(), time.perf_counter()
-    for path in paths:
-        clips.extend(decode_clips(path, size, t, cfg.sampling.fps, cfg.sampling.segment_s))
-    decode_cpu, decode_wall = time.process_time() - cpu, time.perf_counter() - wall
-    frames, masks = np.stack([c.frames for c in clips]), np.stack([c.mask for c in clips])
-    batch = cfg.ray.actors.batch_size or 8
-    embedder.embed(frames[:batch], masks[:batch])  # warm-up
-    cpu, wall = time.process_time(), time.perf_counter()
-    for start in range(0, len(clips), batch):
-        embedder.embed(frames[start : start + batch], masks[start : start + batch])
-    embed_cpu, embed_wall = time.process_time() - cpu, time.perf_counter() - wall
-    n = len(paths)
-    return {"decode_core_s": decode_cpu / n, "decode_wall_s": decode_wall / n,
-            "embed_core_s": embed_cpu / n, "embed_wall_s": embed_wall / n, "image_size": size,
-            "embed_dim": embedder.encoder.embed_dim}
-
-
-def _timed(batches) -> tuple[int, float, float, float]:
-    """(rows, seconds, seconds to the first batch, rows in the first batch)."""
+def pipeline_run(folder: Path, out: Path, overrides: list[str]) -> dict:
+    """``tomeray index`` in a fresh process; its run record plus the command's own wall time."""
+    command = [sys.executable, "-m", "tomeray.pipeline.cli", "index", str(folder), "--out", str(out),
+               *overrides]
     start = time.perf_counter()
-    first_t, first_rows, rows = None, 0, 0
-    for batch in batches:
-        n = len(batch["path"])
-        if first_t is None:
-            first_t, first_rows = time.perf_counter() - start, n
-        rows += n
-    return rows, time.perf_counter() - start, first_t or 0.0, first_rows
+    done = subprocess.run(command, capture_output=True, text=True)
+    command_s = time.perf_counter() - start
+    records = sorted((out / "runs").glob("*.json"))
+    if done.returncode != 0 or not records:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise RuntimeError(f"the index command failed (exit {done.returncode}): {' '.join(command)}")
+    record = json.loads(records[-1].read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"record": record, "command_s": command_s, "image_size": int(manifest["model"]["image_size"]),
+            "dim": int(manifest["dim"])}
 
 
-def stage_alone(paths: list[str], cfg: IndexConfig, image_size: int) -> tuple[dict, dict]:
-    """Decode tasks alone, then the embed actor pool alone over the already decoded clips."""
+def _drain(ds, stage: str, columns: list[str]) -> tuple[CostTotals, int, float, float]:
+    """Run ``ds`` to the end; (its cost totals, rows, start, end) in epoch seconds."""
+    totals = CostTotals((stage,))
+    start = time.time()
+    rows = 0
+    for batch in ds.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"):
+        totals.add(batch)
+        rows += len(batch[columns[0]])
+    return totals, rows, start, time.time()
+
+
+def _alone_row(stage: str, totals: CostTotals, videos: int, start: float, end: float, cores: float) -> dict:
+    costs = run_costs(totals, videos, start, end, cores, steady_from=totals.first.get(f"{stage}_done_at"))
+    return {"stage": stage, "videos": videos, "seconds": end - start, "videos_per_s": costs["items_per_s"],
+            f"{stage}_cpu_s": costs["cpu_s_per_item"].get(stage, NAN),
+            "efficiency": costs["efficiency"], "efficiency_steady": costs.get("efficiency_steady", NAN),
+            "valid": costs["valid"]}
+
+
+def stages_alone(paths: list[str], cfg: IndexConfig, image_size: int, cores: float) -> list[dict]:
+    """Decode tasks alone (materialised, so the embed stage then reads the clips from the object
+    store), then the embed actor pool alone over them."""
     import ray
     from tomeray.operators.video_decode import VideoDecoder
     from tomeray.operators.video_embed import VideoEmbedder
 
-    items = [{"path": p, "key": p} for p in paths]
     ray.data.DataContext.get_current().enable_progress_bars = False
-    decoder = VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s)
+    items = [{"path": p, "key": p} for p in paths]
+    decoder = VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s,
+                           cfg.sampling.decode_threads, cfg.sampling.strict)
+    source = ray.data.from_items(items, override_num_blocks=len(items))
+    start = time.time()
+    clips = task_stage(source, decoder, cfg.ray.tasks).materialize()
+    decoded, _, _, end = _drain(clips, "decode", list(COST_COLUMNS))
+    decode = _alone_row("decode", decoded, len(paths), start, end, cores)
 
-    def decode(rows: list[dict]):
-        return task_stage(ray.data.from_items(rows, override_num_blocks=len(rows)), decoder, cfg.ray.tasks)
-
-    _timed(decode(items[:4]).iter_batches(batch_size=None))  # warm-up: worker processes and imports
-    decoded = decode(items)
-    rows, seconds, _, _ = _timed(decoded.iter_batches(batch_size=None))
-    decode = {"videos": rows, "seconds": seconds, "videos_per_s": rows / seconds}
-
-    clips = decoded.materialize()  # decoded once more, kept in the object store for the embed stage
     plan, batch_size = plan_embedding(cfg, len(paths))
     model = {"model": dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.inference)}
     embedded = actor_stage(clips, VideoEmbedder, model, plan, batch_size)
-    rows, seconds, first_t, first_rows = _timed(embedded.iter_batches(batch_size=None))
-    embed = {"videos": rows, "seconds": seconds, "videos_per_s": rows / seconds,
-             "steady_videos_per_s": (rows - first_rows) / max(seconds - first_t, 1e-9),
-             "actors": plan.actors}
-    return decode, embed
+    columns = ["path", "embed_cpu_s", "embed_wall_s", "embed_done_at"]
+    totals, _, start, end = _drain(embedded, "embed", columns)
+    embed = _alone_row("embed", totals, len(paths), start, end, cores)
+    embed.update(actors=plan.actors, batch_size=batch_size)
+    return [decode, embed]
 
 
-def pipeline_run(paths: list[str], overrides: list[str], out: Path) -> dict:
-    """The real job: discovery, decode, embed, Parquet shards; timed over its Ray Data execution."""
-    summary = run_index(paths, out, overrides)
-    return {"videos": summary.indexed, "seconds": summary.pipeline_s,
-            "videos_per_s": summary.indexed / summary.pipeline_s, "failed": summary.failed}
+def pipeline_row(run: dict) -> dict:
+    record = run["record"]
+    costs = record["costs"]
+    per_video = costs["cpu_s_per_item"]
+    efficiency_command = costs["efficiency"] * costs["seconds"] / run["command_s"]
+    return {"stage": "pipeline", "videos": record["indexed"], "failed": record["failed"],
+            "seconds": costs["seconds"], "videos_per_s": costs["items_per_s"],
+            "decode_cpu_s": per_video.get("decode", NAN),
+            "embed_cpu_s": per_video.get("embed", NAN),
+            "bound_videos_per_s": costs["bound_per_s"], "bound_kind": costs["bound_kind"],
+            "efficiency": costs["efficiency"], "efficiency_steady": costs.get("efficiency_steady", NAN),
+            "efficiency_command": efficiency_command, "command_s": run["command_s"],
+            "first_embedding_s": record["first_embedding_s"], "startup": record["startup"],
+            "startup_cpu": record["startup_cpu"],
+            "cores": costs["cores"], "run_id": record["run_id"],
+            "valid": costs["valid"] and efficiency_command <= 1.001}
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None or value != value else format(value, spec)
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'stage':<9} {'videos':>6} {'seconds':>8} {'videos/s':>9} {'core-s/video':>13} {'ratio':>28}"
+    header = (f"{'stage':<9} {'videos':>6} {'seconds':>8} {'videos/s':>9} {'decode cs/v':>11} "
+              f"{'embed cs/v':>10} {'bound v/s':>9} {'eff':>5} {'steady':>6} {'command':>7} "
+              f"{'alone/pipe':>10}")
     lines = [header, "-" * len(header)]
     for r in rows:
         if r["stage"] == "faiss":
             continue
-        core = r.get("core_s_per_video")
-        ratio = ""
-        if r["stage"] == "pipeline":
-            ratio = f"overlap {r['overlap_ratio']:.2f} eff {r['efficiency']:.2f}"
-        elif "vs_pipeline" in r:
-            ratio = f"pipeline / this {r['vs_pipeline']:.2f}"
-        core_text = "" if core is None else f"{core:.3f}"
-        lines.append(f"{r['stage']:<9} {r.get('videos', 0):>6} {r.get('seconds', 0):>8.2f} "
-                     f"{r.get('videos_per_s', 0):>9.3f} {core_text:>13} {ratio:>28}")
+        lines.append(
+            f"{r['stage']:<9} {r['videos']:>6} {r['seconds']:>8.2f} {r['videos_per_s']:>9.3f} "
+            f"{_fmt(r.get('decode_cpu_s'), '.3f'):>11} {_fmt(r.get('embed_cpu_s'), '.3f'):>10} "
+            f"{_fmt(r.get('bound_videos_per_s'), '.3f'):>9} {_fmt(r['efficiency'], '.2f'):>5} "
+            f"{_fmt(r.get('efficiency_steady'), '.2f'):>6} {_fmt(r.get('efficiency_command'), '.2f'):>7} "
+            f"{_fmt(r.get('cost_vs_pipeline'), '.2f'):>10}")
+    return "\n".join(lines)
+
+
+def format_startup(row: dict) -> str:
+    """The pipeline's start-up milestones, seconds from the job's start."""
+    lines = [f"time to first embedding: {row['first_embedding_s']:.1f} s from the job's start "
+             "(milestones, seconds from the job's start; *_at of a stage = its earliest row or actor):"]
+    lines += [f"  {name:<22} {seconds:8.2f}" for name, seconds in sorted(row["startup"].items(),
+                                                                          key=lambda kv: kv[1])]
+    cpu = row["startup_cpu"]
+    lines.append("start-up CPU seconds (do not stretch with load): " +
+                 ", ".join(f"{name} {value:g}" for name, value in cpu.items()))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=48,
-                        help="corpus size (copies of the 3 sample videos)")
-    parser.add_argument("--profile-videos", type=int, default=8, help="videos profiled in-process")
+    parser.add_argument("--videos", type=int, default=48, help="corpus size (copies of the 3 sample videos)")
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--preset", default="tempme")
     parser.add_argument("--faiss-n", type=int, default=20000, help="vectors for the FAISS rows (0: skip)")
+    parser.add_argument("--skip-alone", action="store_true", help="only the pipeline row (no stages alone)")
     parser.add_argument("--json", type=Path, default=None, help="write {'rows': [...]} to this file")
-    parser.add_argument("overrides", nargs="*", help="index config overrides, e.g. ray.actors.count=2")
+    parser.add_argument("overrides", nargs="*", help="index config overrides, e.g. inference.device=cuda")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
 
-    import ray
-    from tomeray.pipeline.core.ray_session import init_ray
-
     overrides = [f"model.arch={args.arch}", f"model.preset={args.preset}", "model.pretrained=none",
-                 "ray.progress=false", *args.overrides]
+                 "ray.progress=false", "output.build_faiss=false", *args.overrides]
     cfg = load_config(IndexConfig, "index", overrides)
     work = Path(tempfile.mkdtemp(prefix="bench_index_"))
+    load_start = os.getloadavg()
     try:
         paths = make_corpus(work / "videos", args.videos)
         print(f"model {args.arch} preset {args.preset}, weights: random-init(seed={cfg.model.seed}) "
-              f"(RANDOM: timing only); {len(paths)} videos ({', '.join(SOURCES)} cycled)")
-        profile = profile_stages(paths[: args.profile_videos], cfg)
-        init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-        cores = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        decode, embed = stage_alone(paths, cfg, profile["image_size"])
-        pipe = pipeline_run(paths, overrides, work / "index")
-        # A second, smaller run: the difference cancels the fixed start-up (actor processes, imports,
-        # model build), leaving the marginal rate a long job converges to.
-        small = pipeline_run(paths[: max(3, len(paths) // 3)], overrides, work / "index_small")
-        steady = (pipe["videos"] - small["videos"]) / max(pipe["seconds"] - small["seconds"], 1e-9)
-        startup_s = max(0.0, pipe["seconds"] - pipe["videos"] / steady)
+              f"(RANDOM: timing only); {len(paths)} videos ({', '.join(SOURCES)} cycled); "
+              f"load average {load_start[0]:.2f}", flush=True)
+        run = pipeline_run(work / "videos", work / "index", overrides)
+        rows = [pipeline_row(run)]
+        if not args.skip_alone:
+            import ray
+            from tomeray.pipeline.core.ray_session import init_ray
 
-        slowest = min(decode["videos_per_s"], embed["videos_per_s"])
-        slowest_steady = min(decode["videos_per_s"], embed["steady_videos_per_s"])
-        if gpus:
-            bound, bound_steady = slowest, slowest_steady
-        else:
-            bound = bound_steady = cores / (profile["decode_core_s"] + profile["embed_core_s"])
-        rows = [
-            {"stage": "decode", **decode, "core_s_per_video": profile["decode_core_s"],
-             "vs_pipeline": pipe["videos_per_s"] / decode["videos_per_s"]},
-            {"stage": "embed", **embed, "core_s_per_video": profile["embed_core_s"],
-             "vs_pipeline": pipe["videos_per_s"] / embed["videos_per_s"]},
-            {"stage": "pipeline", **pipe, "steady_videos_per_s": steady, "startup_s": startup_s,
-             "small_run_videos": small["videos"], "small_run_seconds": small["seconds"],
-             "bound_videos_per_s": bound,
-             "cores": cores, "gpus": gpus,
-             "overlap_ratio": pipe["videos_per_s"] / slowest, "efficiency": pipe["videos_per_s"] / bound,
-             "overlap_ratio_steady": steady / slowest_steady, "efficiency_steady": steady / bound_steady},
-        ]
+            init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+            cores = float(ray.cluster_resources().get("CPU", 0.0))
+            for row in stages_alone(paths, cfg, run["image_size"], cores):
+                stage = row["stage"]
+                row["cost_vs_pipeline"] = row[f"{stage}_cpu_s"] / rows[0][f"{stage}_cpu_s"]
+                rows.append(row)
+            ray.shutdown()
+        load_end = os.getloadavg()
         for r in rows:
-            r.update(arch=args.arch, preset=args.preset, weights="random-init")
+            r.update(arch=args.arch, preset=args.preset, weights="random-init", load_avg_start=load_start[0],
+                     load_avg_end=load_end[0])
         print(format_table(rows))
-        p = rows[2]
-        print(f"bound ({'slowest stage alone' if gpus else f'{cores:g} cores / (decode + embed core-s)'}): "
-              f"{bound:.3f} videos/s; steady state: pipeline {steady:.3f} videos/s, "
-              f"overlap {p['overlap_ratio_steady']:.2f}, efficiency {p['efficiency_steady']:.2f} "
-              f"(fixed start-up {startup_s:.1f} s, from a second run on {small['videos']} videos)")
+        print(f"bound: {rows[0]['cores']:g} cores / (decode + embed core-s per video) = "
+              f"{rows[0]['bound_videos_per_s']:.3f} videos/s ({rows[0]['bound_kind']}); efficiency = "
+              f"videos/s / bound = stage work / (cores x seconds); load average {load_end[0]:.2f} at the end")
+        print(format_startup(rows[0]))
         if args.faiss_n:
             from tomeray.jobs.bench_faiss import format_table as faiss_table
             from tomeray.jobs.bench_faiss import run_faiss_bench
 
-            faiss_rows = run_faiss_bench(args.faiss_n, profile["embed_dim"], 200, datasets=("clustered",),
-                                         sweep=False)
+            faiss_rows = run_faiss_bench(args.faiss_n, run["dim"], 200, datasets=("clustered",), sweep=False)
             print(faiss_table(faiss_rows))
             rows.extend({"stage": "faiss", **r} for r in faiss_rows)
         if args.json:
             atomic_write_json(args.json, {"rows": rows})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        ray.shutdown()
+    wrong = [r["stage"] for r in rows if r["stage"] != "faiss" and not r["valid"]]
+    if wrong:
+        print(f"MEASUREMENT WRONG: an efficiency above 1 in {', '.join(wrong)} (CPU time counted outside "
+              "the timed window, or fewer cores counted than the work ran on)", file=sys.stderr)
+        return 1
     return 0
 
 
