@@ -7,7 +7,7 @@ If the model fails on a batch, each row is retried alone so that one bad clip is
 ``embed``) without losing its neighbours. Each row also carries what embedding it cost
 (``embed_cpu_s``, ``embed_wall_s``, ``embed_done_at``: the batch's share) and the actor's start-up
 (``embed_process_at``, ``embed_init_at``, ``embed_ready_at``, ``embed_boot_cpu_s``,
-``embed_build_cpu_s``): see ``operators.worker``.
+``embed_import_cpu_s``, ``embed_build_cpu_s``): see ``operators.worker``.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ class VideoEmbedder:
             # share those cores, and oversubscribed torch threads only add contention.
             torch.set_num_threads(int(num_threads))
         cfg = model if isinstance(model, VideoModelConfig) else VideoModelConfig(**model)
+        with measure() as imports:  # the model factory imports it on first use: timed apart from the build
+            import open_clip  # noqa: F401
         # videos only: no text tower
         self.encoder = create_video_encoder(cfg, with_text=False, device=device, precision=precision)
         self.model_config = dataclasses.asdict(cfg)
         self.node_id = node_id()
-        self.start = WorkerStart.since(init_at, init_cpu_s)
+        self.start = WorkerStart.since(init_at, init_cpu_s, imports.cpu_s)
         log.info("video embedder ready: %s on %s (%s)", cfg.arch, self.encoder.device,
                  self.encoder.weights_id)
 

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -90,22 +90,25 @@ def cost_columns(stage: str, rows: int, timing: Timing) -> dict:
 
 @dataclass(frozen=True)
 class WorkerStart:
-    """When an actor's process started, its constructor began and ended (epoch seconds), and the
-    process CPU seconds before its constructor (worker start-up and imports) and in it (model
-    construction): CPU seconds do not stretch when the machine is shared, wall seconds do."""
+    """An actor's start-up: when its process started, its constructor began and ended (epoch
+    seconds), and the process CPU seconds before its constructor (worker start-up, module
+    imports), of the model library's import inside it, and of the rest (model construction).
+    CPU seconds do not stretch when the machine is shared; wall seconds do."""
 
     process_at: float
     init_at: float
     ready_at: float
     boot_cpu_s: float
+    import_cpu_s: float
     build_cpu_s: float
 
     @classmethod
-    def since(cls, init_at: float, init_cpu_s: float) -> WorkerStart:
-        """Stamps of a constructor that began at ``init_at`` (``time.time()``), when the process
-        had used ``init_cpu_s`` (``time.process_time()``), and ends now."""
-        return cls(process_started_at(), init_at, time.time(), init_cpu_s, time.process_time() - init_cpu_s)
+    def since(cls, init_at: float, init_cpu_s: float, import_cpu_s: float = 0.0) -> WorkerStart:
+        """Stamps of a constructor that began at ``init_at`` (``time.time()``) when the process
+        had used ``init_cpu_s`` (``time.process_time()``), spent ``import_cpu_s`` importing, and
+        ends now."""
+        build = time.process_time() - init_cpu_s - import_cpu_s
+        return cls(process_started_at(), init_at, time.time(), init_cpu_s, import_cpu_s, build)
 
     def columns(self, stage: str, rows: int) -> dict:
-        return {f"{stage}_{name}": np.full(rows, getattr(self, name))
-                for name in ("process_at", "init_at", "ready_at", "boot_cpu_s", "build_cpu_s")}
+        return {f"{stage}_{f.name}": np.full(rows, getattr(self, f.name)) for f in fields(self)}

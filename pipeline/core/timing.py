@@ -32,7 +32,7 @@ __all__ = ["CostTotals", "efficiency", "run_costs", "startup_timeline"]
 # Rounding slack for ``valid``: process_time has microsecond resolution, sums of many rows drift.
 TOLERANCE = 1e-3
 STAMPS = ("process_at", "init_at", "ready_at")  # actor start-up stamps (operators.worker.WorkerStart)
-STARTUP_CPU = ("boot_cpu_s", "build_cpu_s")  # and its CPU seconds, one value per actor
+STARTUP_CPU = ("boot_cpu_s", "import_cpu_s", "build_cpu_s")  # and its CPU seconds, one value per actor
 
 
 @dataclass

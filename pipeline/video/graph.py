@@ -14,9 +14,11 @@ EMBED_CPU_SHARE = 0.75
 
 
 def plan_embedding(cfg: IndexConfig, videos: int) -> tuple[ActorPlan, int]:
-    """The embed actor pool on the connected cluster, and its batch size (8 clips on CPU, 32 on GPU)."""
+    """The embed actor pool on the connected cluster, and its batch size: 32 clips on GPU; 2 on CPU,
+    where a clip's cost does not shrink in larger batches and the first embedding waits for a
+    whole first batch to be decoded and embedded."""
     plan = plan_actors(cfg.ray.actors, videos, EMBED_CPU_SHARE)
-    return plan, cfg.ray.actors.batch_size or (32 if plan.on_gpu else 8)
+    return plan, cfg.ray.actors.batch_size or (32 if plan.on_gpu else 2)
 
 
 def build_dataset(items: list[dict], cfg: IndexConfig, image_size: int):

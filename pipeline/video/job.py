@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,11 +116,28 @@ def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, bu
 
 def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
     """Identity, weights id, embedding dim and image size of the encoder, built once on the driver
-    (on CPU): this checks the weights before any work starts and pins the manifest."""
+    (on CPU): this checks the weights before any work starts and pins the manifest. Its values are
+    never used, so no random values are drawn and no text tower is built; named weights are still
+    read, so a missing or mismatched checkpoint fails here."""
+    from tomeray.models.clip import skip_weight_init
     from tomeray.models.tempme import create_video_encoder
 
-    encoder = create_video_encoder(model, device="cpu", precision="fp32")
+    with skip_weight_init():
+        encoder = create_video_encoder(model, with_text=False, device="cpu", precision="fp32")
     return encoder.identity(), encoder.weights_id, encoder.embed_dim, encoder.image_size
+
+
+def _work_likely(layout: IndexLayout, paths: list[str]) -> bool:
+    """Whether some input has no rows yet (then Ray is started early; a wrong guess only moves
+    or wastes Ray's start-up, never changes what is indexed)."""
+    if not paths:
+        return False
+    if not layout.has_results():
+        return True
+    try:
+        return not set(paths) <= layout.indexed_paths()
+    except Exception:  # noqa: BLE001 - unreadable shards are reported by the real check later
+        return True
 
 
 def run_index(
@@ -137,7 +155,14 @@ def run_index(
     layout = IndexLayout(out)
     discovery = discover_videos(inputs, tuple(cfg.input.extensions), cfg.input.list_column)
     marks["discovered_at"] = time.time()
-    identity, weights_id, dim, image_size = _model_facts(cfg.model)  # fails early on missing weights
+    with ThreadPoolExecutor(1) as background:
+        facts = background.submit(_model_facts, cfg.model)  # fails early on missing weights
+        if _work_likely(layout, discovery.paths):  # Ray's start-up overlaps the driver's model build
+            from tomeray.pipeline.core.ray_session import init_ray
+
+            init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+            marks["ray_ready_at"] = time.time()
+        identity, weights_id, dim, image_size = facts.result()
     marks["model_facts_at"] = time.time()
     header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root)
     manifest = layout.open(header)
