@@ -34,28 +34,34 @@ move with it, the efficiencies (ratios within one run) much less.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tomeray.jobs.pipeline_bench import (
+    NAN,
+    alone_row,
+    check_valid,
+    drain,
+    fmt,
+    format_startup,
+    load_average,
+    pipeline_figures,
+    run_cold,
+)
 from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.core.config import load_config
 from tomeray.pipeline.core.graph import actor_stage, task_stage
-from tomeray.pipeline.core.timing import CostTotals, run_costs
 from tomeray.pipeline.video.config import IndexConfig
-from tomeray.pipeline.video.graph import plan_embedding
+from tomeray.pipeline.video.graph import embedder_kwargs, plan_embedding, video_decoder
 
 SOURCES = ("vtest.avi", "Megamind.avi", "tree.avi")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
-COST_COLUMNS = ("path", "decode_cpu_s", "decode_wall_s", "decode_done_at")
-NAN = float("nan")
 
 
 def make_corpus(folder: Path, n: int) -> list[str]:
@@ -69,89 +75,37 @@ def make_corpus(folder: Path, n: int) -> list[str]:
     return paths
 
 
-def pipeline_run(folder: Path, out: Path, overrides: list[str]) -> dict:
-    """``tomeray index`` in a fresh process; its run record plus the command's own wall time."""
-    command = [sys.executable, "-m", "tomeray.pipeline.cli", "index", str(folder), "--out", str(out),
-               *overrides]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    command_s = time.perf_counter() - start
-    records = sorted((out / "runs").glob("*.json"))
-    if done.returncode != 0 or not records:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise RuntimeError(f"the index command failed (exit {done.returncode}): {' '.join(command)}")
-    record = json.loads(records[-1].read_text())
+def pipeline_row(folder: Path, out: Path, overrides: list[str]) -> dict:
+    """``tomeray index`` run cold; the row from its run record."""
+    record, command_s = run_cold("index", [str(folder)], out, overrides)
+    per_video = record["costs"]["cpu_s_per_item"]
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"record": record, "command_s": command_s, "image_size": int(manifest["model"]["image_size"]),
-            "dim": int(manifest["dim"])}
-
-
-def _drain(ds, stage: str, columns: list[str]) -> tuple[CostTotals, int, float, float]:
-    """Run ``ds`` to the end; (its cost totals, rows, start, end) in epoch seconds."""
-    totals = CostTotals((stage,))
-    start = time.time()
-    rows = 0
-    for batch in ds.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"):
-        totals.add(batch)
-        rows += len(batch[columns[0]])
-    return totals, rows, start, time.time()
-
-
-def _alone_row(stage: str, totals: CostTotals, videos: int, start: float, end: float, cores: float) -> dict:
-    costs = run_costs(totals, videos, start, end, cores, steady_from=totals.first.get(f"{stage}_done_at"))
-    return {"stage": stage, "videos": videos, "seconds": end - start, "videos_per_s": costs["items_per_s"],
-            f"{stage}_cpu_s": costs["cpu_s_per_item"].get(stage, NAN),
-            "efficiency": costs["efficiency"], "efficiency_steady": costs.get("efficiency_steady", NAN),
-            "valid": costs["valid"]}
+    return {"stage": "pipeline", "videos": record["indexed"], "failed": record["failed"],
+            "videos_per_s": record["costs"]["items_per_s"], "decode_cpu_s": per_video.get("decode", NAN),
+            "embed_cpu_s": per_video.get("embed", NAN), "bound_videos_per_s": record["costs"]["bound_per_s"],
+            **pipeline_figures(record, command_s), "first_embedding_s": record["first_embedding_s"],
+            "image_size": int(manifest["model"]["image_size"]), "dim": int(manifest["dim"])}
 
 
 def stages_alone(paths: list[str], cfg: IndexConfig, image_size: int, cores: float) -> list[dict]:
     """Decode tasks alone (materialised, so the embed stage then reads the clips from the object
     store), then the embed actor pool alone over them."""
     import ray
-    from tomeray.operators.video_decode import VideoDecoder
     from tomeray.operators.video_embed import VideoEmbedder
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     items = [{"path": p, "key": p} for p in paths]
-    decoder = VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s,
-                           cfg.sampling.decode_threads, cfg.sampling.strict)
     source = ray.data.from_items(items, override_num_blocks=len(items))
     start = time.time()
-    clips = task_stage(source, decoder, cfg.ray.tasks).materialize()
-    decoded, _, _, end = _drain(clips, "decode", list(COST_COLUMNS))
-    decode = _alone_row("decode", decoded, len(paths), start, end, cores)
+    clips = task_stage(source, video_decoder(cfg, image_size), cfg.ray.tasks).materialize()
+    decode = alone_row("decode", drain(clips, "decode"), len(paths), start, time.time(), cores, "videos")
 
     plan, batch_size = plan_embedding(cfg, len(paths))
-    model = {"model": dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.inference)}
-    embedded = actor_stage(clips, VideoEmbedder, model, plan, batch_size)
-    columns = ["path", "embed_cpu_s", "embed_wall_s", "embed_done_at"]
-    totals, _, start, end = _drain(embedded, "embed", columns)
-    embed = _alone_row("embed", totals, len(paths), start, end, cores)
+    start = time.time()
+    totals = drain(actor_stage(clips, VideoEmbedder, embedder_kwargs(cfg), plan, batch_size), "embed")
+    embed = alone_row("embed", totals, len(paths), start, time.time(), cores, "videos")
     embed.update(actors=plan.actors, batch_size=batch_size)
     return [decode, embed]
-
-
-def pipeline_row(run: dict) -> dict:
-    record = run["record"]
-    costs = record["costs"]
-    per_video = costs["cpu_s_per_item"]
-    efficiency_command = costs["efficiency"] * costs["seconds"] / run["command_s"]
-    return {"stage": "pipeline", "videos": record["indexed"], "failed": record["failed"],
-            "seconds": costs["seconds"], "videos_per_s": costs["items_per_s"],
-            "decode_cpu_s": per_video.get("decode", NAN),
-            "embed_cpu_s": per_video.get("embed", NAN),
-            "bound_videos_per_s": costs["bound_per_s"], "bound_kind": costs["bound_kind"],
-            "efficiency": costs["efficiency"], "efficiency_steady": costs.get("efficiency_steady", NAN),
-            "efficiency_command": efficiency_command, "command_s": run["command_s"],
-            "first_embedding_s": record["first_embedding_s"], "startup": record["startup"],
-            "startup_cpu": record["startup_cpu"],
-            "cores": costs["cores"], "run_id": record["run_id"],
-            "valid": costs["valid"] and efficiency_command <= 1.001}
-
-
-def _fmt(value, spec: str) -> str:
-    return "" if value is None or value != value else format(value, spec)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -164,22 +118,10 @@ def format_table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"{r['stage']:<9} {r['videos']:>6} {r['seconds']:>8.2f} {r['videos_per_s']:>9.3f} "
-            f"{_fmt(r.get('decode_cpu_s'), '.3f'):>11} {_fmt(r.get('embed_cpu_s'), '.3f'):>10} "
-            f"{_fmt(r.get('bound_videos_per_s'), '.3f'):>9} {_fmt(r['efficiency'], '.2f'):>5} "
-            f"{_fmt(r.get('efficiency_steady'), '.2f'):>6} {_fmt(r.get('efficiency_command'), '.2f'):>7} "
-            f"{_fmt(r.get('cost_vs_pipeline'), '.2f'):>10}")
-    return "\n".join(lines)
-
-
-def format_startup(row: dict) -> str:
-    """The pipeline's start-up milestones, seconds from the job's start."""
-    lines = [f"time to first embedding: {row['first_embedding_s']:.1f} s from the job's start "
-             "(milestones, seconds from the job's start; *_at of a stage = its earliest row or actor):"]
-    lines += [f"  {name:<22} {seconds:8.2f}" for name, seconds in sorted(row["startup"].items(),
-                                                                          key=lambda kv: kv[1])]
-    cpu = row["startup_cpu"]
-    lines.append("start-up CPU seconds (do not stretch with load): " +
-                 ", ".join(f"{name} {value:g}" for name, value in cpu.items()))
+            f"{fmt(r.get('decode_cpu_s'), '.3f'):>11} {fmt(r.get('embed_cpu_s'), '.3f'):>10} "
+            f"{fmt(r.get('bound_videos_per_s'), '.3f'):>9} {fmt(r['efficiency'], '.2f'):>5} "
+            f"{fmt(r.get('efficiency_steady'), '.2f'):>6} {fmt(r.get('efficiency_command'), '.2f'):>7} "
+            f"{fmt(r.get('cost_vs_pipeline'), '.2f'):>10}")
     return "\n".join(lines)
 
 
@@ -189,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--preset", default="tempme")
     parser.add_argument("--faiss-n", type=int, default=20000, help="vectors for the FAISS rows (0: skip)")
+    parser.add_argument("--faiss-gpu", action="store_true", help="FAISS rows on the GPU (needs faiss-gpu)")
     parser.add_argument("--skip-alone", action="store_true", help="only the pipeline row (no stages alone)")
     parser.add_argument("--json", type=Path, default=None, help="write {'rows': [...]} to this file")
     parser.add_argument("overrides", nargs="*", help="index config overrides, e.g. inference.device=cuda")
@@ -199,51 +142,46 @@ def main(argv: list[str] | None = None) -> int:
                  "ray.progress=false", "output.build_faiss=false", *args.overrides]
     cfg = load_config(IndexConfig, "index", overrides)
     work = Path(tempfile.mkdtemp(prefix="bench_index_"))
-    load_start = os.getloadavg()
+    load_start = load_average()
     try:
         paths = make_corpus(work / "videos", args.videos)
         print(f"model {args.arch} preset {args.preset}, weights: random-init(seed={cfg.model.seed}) "
               f"(RANDOM: timing only); {len(paths)} videos ({', '.join(SOURCES)} cycled); "
-              f"load average {load_start[0]:.2f}", flush=True)
-        run = pipeline_run(work / "videos", work / "index", overrides)
-        rows = [pipeline_row(run)]
+              f"load average {load_start:.2f}", flush=True)
+        rows = [pipeline_row(work / "videos", work / "index", overrides)]
         if not args.skip_alone:
             import ray
             from tomeray.pipeline.core.ray_session import init_ray
 
             init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
             cores = float(ray.cluster_resources().get("CPU", 0.0))
-            for row in stages_alone(paths, cfg, run["image_size"], cores):
-                stage = row["stage"]
-                row["cost_vs_pipeline"] = row[f"{stage}_cpu_s"] / rows[0][f"{stage}_cpu_s"]
+            for row in stages_alone(paths, cfg, rows[0]["image_size"], cores):
+                row["cost_vs_pipeline"] = row[f"{row['stage']}_cpu_s"] / rows[0][f"{row['stage']}_cpu_s"]
                 rows.append(row)
             ray.shutdown()
-        load_end = os.getloadavg()
+        load_end = load_average()
         for r in rows:
-            r.update(arch=args.arch, preset=args.preset, weights="random-init", load_avg_start=load_start[0],
-                     load_avg_end=load_end[0])
+            r.update(arch=args.arch, preset=args.preset, weights="random-init", load_avg_start=load_start,
+                     load_avg_end=load_end)
+        pipe = rows[0]
         print(format_table(rows))
-        print(f"bound: {rows[0]['cores']:g} cores / (decode + embed core-s per video) = "
-              f"{rows[0]['bound_videos_per_s']:.3f} videos/s ({rows[0]['bound_kind']}); efficiency = "
-              f"videos/s / bound = stage work / (cores x seconds); load average {load_end[0]:.2f} at the end")
-        print(format_startup(rows[0]))
+        print(f"bound: {pipe['cores']:g} cores / (decode + embed core-s per video) = "
+              f"{pipe['bound_videos_per_s']:.3f} videos/s ({pipe['bound_kind']}); efficiency = videos/s / "
+              f"bound = stage work / (cores x seconds); load average {load_end:.2f} at the end")
+        print(format_startup(pipe, "first_embedding_s", "embedding"))
         if args.faiss_n:
             from tomeray.jobs.bench_faiss import format_table as faiss_table
             from tomeray.jobs.bench_faiss import run_faiss_bench
 
-            faiss_rows = run_faiss_bench(args.faiss_n, run["dim"], 200, datasets=("clustered",), sweep=False)
+            faiss_rows = run_faiss_bench(args.faiss_n, pipe["dim"], 200, datasets=("clustered",), sweep=False,
+                                         use_gpu=args.faiss_gpu)
             print(faiss_table(faiss_rows))
             rows.extend({"stage": "faiss", **r} for r in faiss_rows)
         if args.json:
             atomic_write_json(args.json, {"rows": rows})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    wrong = [r["stage"] for r in rows if r["stage"] != "faiss" and not r["valid"]]
-    if wrong:
-        print(f"MEASUREMENT WRONG: an efficiency above 1 in {', '.join(wrong)} (CPU time counted outside "
-              "the timed window, or fewer cores counted than the work ran on)", file=sys.stderr)
-        return 1
-    return 0
+    return check_valid(rows)
 
 
 if __name__ == "__main__":

@@ -272,6 +272,7 @@ class VideoDecoder:
                    "error_stage": "decode", "error_type": type(e).__name__, "error_message": message}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        load_decord()  # the worker's first call imports the decoder: start-up, not a video's cost
         for path, key in zip(batch["path"], batch["key"]):
             for row, cost in timed_steps(self.rows(str(path), str(key))):  # cost columns: operators.worker
                 yield _as_batch([{**row, "decode_cpu_s": cost.cpu_s, "decode_wall_s": cost.wall_s,
