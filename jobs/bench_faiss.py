@@ -139,7 +139,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="database vectors (default 200000)")
     parser.add_argument("--dim", type=int, default=512)
@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sweep", action="store_true", help="only each index's default search setting")
     parser.add_argument("--gpu", action="store_true", help="build and search on the GPU (needs faiss-gpu)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows = run_faiss_bench(args.n, args.dim, args.queries,
                            presets=tuple(p for p in args.presets.split(",") if p),
                            datasets=tuple(d for d in args.datasets.split(",") if d),

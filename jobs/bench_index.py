@@ -125,7 +125,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=48, help="corpus size (copies of the 3 sample videos)")
     parser.add_argument("--arch", default="ViT-B-32")
@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-alone", action="store_true", help="only the pipeline row (no stages alone)")
     parser.add_argument("--json", type=Path, default=None, help="write {'rows': [...]} to this file")
     parser.add_argument("overrides", nargs="*", help="index config overrides, e.g. inference.device=cuda")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     overrides = [f"model.arch={args.arch}", f"model.preset={args.preset}", "model.pretrained=none",

@@ -138,7 +138,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=16, help="scene folders (default 16)")
     parser.add_argument("--views", type=int, default=4, help="images per scene (default 4)")
@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-alone", action="store_true", help="only the pipeline row (no stages alone)")
     parser.add_argument("--json", type=Path, default=None, help="write {'rows': [...]} to this file")
     parser.add_argument("overrides", nargs="*", help="reconstruct config overrides, e.g. load.size=224")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     overrides = [f"model.arch={args.arch}", "model.pretrained=none", "ray.progress=false",

@@ -127,7 +127,7 @@ def print_table(result: dict) -> None:
               f"{r['cosine_to_none']:.4f} | {r['gflops_ratio']:.3f} | {r['speedup']:.2f}x |")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none", help="open_clip tag, checkpoint path or none")
@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--precision", default="auto", help="auto (fp32 CPU, bf16 GPU), fp32, bf16, fp16")
     parser.add_argument("--json", type=Path, help="write {'rows': [...]} here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     torch.set_num_threads(args.threads)
     result = run(args.arch, args.pretrained, args.presets, args.repeats, args.num_frames, args.batch,
