@@ -155,15 +155,20 @@ def run_index(
     layout = IndexLayout(out)
     discovery = discover_videos(inputs, tuple(cfg.input.extensions), cfg.input.list_column)
     marks["discovered_at"] = time.time()
+
+    def model_facts() -> tuple[dict, str, int, int]:
+        facts = _model_facts(cfg.model)  # fails early on missing weights
+        marks["model_facts_at"] = time.time()
+        return facts
+
     with ThreadPoolExecutor(1) as background:
-        facts = background.submit(_model_facts, cfg.model)  # fails early on missing weights
+        facts = background.submit(model_facts)
         if _work_likely(layout, discovery.paths):  # Ray's start-up overlaps the driver's model build
             from tomeray.pipeline.core.ray_session import init_ray
 
             init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
             marks["ray_ready_at"] = time.time()
         identity, weights_id, dim, image_size = facts.result()
-    marks["model_facts_at"] = time.time()
     header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root)
     manifest = layout.open(header)
     save_config(cfg, layout.config_path)
