@@ -20,7 +20,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from tomeray.pipeline.video.faiss_index import build_index, resolve_factory, search_index
+from tomeray.pipeline.video.faiss_index import build_index, index_to_device, resolve_factory, search_index
 
 DATASETS = ("uniform", "clustered")
 PRESETS = ("ivf", "hnsw", "ivfpq")
@@ -84,6 +84,7 @@ def run_faiss_bench(
     seed: int = 0,
     threads: int | None = None,
     sweep: bool = True,
+    use_gpu: bool = False,
 ) -> list[dict]:
     """Rows per dataset: Flat first (the baseline and ground truth), then each preset at its
     default search setting and, with ``sweep``, a faster and a more exhaustive one. Rows hold
@@ -98,11 +99,13 @@ def run_faiss_bench(
         flat_ms = truth = None
         for preset in ("flat", *presets):
             start = time.perf_counter()
-            index = build_index(base, ids, preset, seed=seed, use_gpu="never")
+            index = build_index(base, ids, preset, seed=seed, use_gpu="always" if use_gpu else "never")
             build_s = time.perf_counter() - start
             settings = search_settings(index)
+            searched = index_to_device(index, "auto") if use_gpu else index
+            device = "gpu" if searched is not index else "cpu"
             for knobs in settings if sweep else settings[:1]:
-                found, ms = _timed_search(index, queries, k, **knobs)
+                found, ms = _timed_search(searched, queries, k, **knobs)
                 if truth is None:
                     truth, flat_ms = found, ms
                 rows.append({
@@ -117,8 +120,9 @@ def run_faiss_bench(
                     "ms_per_query": round(ms, 4),
                     "recall_at_10": round(_recall(found[:, :10], truth[:, :10]), 4),
                     "speedup_vs_flat": round(flat_ms / ms, 2),
+                    "device": device,
                 })
-            del index
+            del index, searched
             gc.collect()
         del base, queries
     return rows
@@ -135,7 +139,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="database vectors (default 200000)")
     parser.add_argument("--dim", type=int, default=512)
@@ -145,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-sweep", action="store_true", help="only each index's default search setting")
+    parser.add_argument("--gpu", action="store_true", help="build and search on the GPU (needs faiss-gpu)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows = run_faiss_bench(args.n, args.dim, args.queries,
                            presets=tuple(p for p in args.presets.split(",") if p),
                            datasets=tuple(d for d in args.datasets.split(",") if d),
-                           seed=args.seed, threads=args.threads, sweep=not args.no_sweep)
+                           seed=args.seed, threads=args.threads, sweep=not args.no_sweep, use_gpu=args.gpu)
     print(f"FAISS {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
           f"{args.queries} queries, recall and speed relative to exact Flat search in the same run")
     print(format_table(rows))

@@ -3,7 +3,8 @@
 One input row (``path``, ``key``) becomes one output row per clip: the whole video, or in segment
 mode one row per window of ``segment_s`` seconds. Frames are decoded straight to the model's
 resolution (decord scales while decoding, shorter side -> ``image_size``) and centre-cropped, so a
-row carries ``(T, S, S, 3)`` uint8, not full-size frames.
+row carries ``(T, S, S, 3)`` uint8, not full-size frames, and what producing it cost
+(``decode_cpu_s``, ``decode_wall_s``, ``decode_done_at``: ``operators.worker``).
 
 Videos without usable timestamps are read sequentially (``operators.video_io.FrameReader``).
 
@@ -42,7 +43,7 @@ from tomeray.operators.video_io import (
     has_usable_timestamps,
     load_decord,
 )
-from tomeray.operators.worker import node_id
+from tomeray.operators.worker import node_id, timed_steps
 
 __all__ = [
     "Clip",
@@ -271,9 +272,11 @@ class VideoDecoder:
                    "error_stage": "decode", "error_type": type(e).__name__, "error_message": message}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        load_decord()  # the worker's first call imports the decoder: start-up, not a video's cost
         for path, key in zip(batch["path"], batch["key"]):
-            for row in self.rows(str(path), str(key)):
-                yield _as_batch([row])
+            for row, cost in timed_steps(self.rows(str(path), str(key))):  # cost columns: operators.worker
+                yield _as_batch([{**row, "decode_cpu_s": cost.cpu_s, "decode_wall_s": cost.wall_s,
+                                  "decode_done_at": cost.done_at}])
 
 
 def _as_batch(rows: list[dict]) -> dict[str, np.ndarray]:

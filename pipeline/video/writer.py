@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.core.timing import CostTotals
 from tomeray.pipeline.video.ids import stable_id
 from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema
 
@@ -37,6 +38,8 @@ class ShardWriter:
         self.seen_paths: set[str] = set()
         self.decode_nodes: Counter = Counter()
         self.embed_nodes: Counter = Counter()
+        self.costs = CostTotals(("decode", "embed"))  # the stages' cost columns (pipeline.core.timing)
+        self.first_row_at = 0.0  # epoch seconds when the first embedded row reached the driver
 
     def add_errors(self, rows: list[dict]) -> None:
         for r in rows:
@@ -49,6 +52,8 @@ class ShardWriter:
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         paths = [str(p) for p in batch["path"]]
+        self.first_row_at = self.first_row_at or time.time()
+        self.costs.add(batch)
         self.seen_paths.update(paths)
         self.decode_nodes.update(str(n) for n in batch["decode_node"])
         self.embed_nodes.update(str(n) for n in batch["embed_node"])
