@@ -26,7 +26,7 @@ def build_dataset(items: list[dict], cfg: IndexConfig, image_size: int):
 
     ds = source_dataset(items, progress=cfg.ray.progress, max_blocks=cfg.ray.max_blocks)
     decoder = VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s,
-                           cfg.sampling.decode_threads, cfg.sampling.strict)
+                           cfg.sampling.decode_threads, cfg.sampling.strict, cfg.output.thumbnails)
     ds = task_stage(ds, decoder, cfg.ray.tasks)
     plan, batch_size = plan_embedding(cfg, len(items))
     kwargs = {"model": dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.inference)}
