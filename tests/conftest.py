@@ -98,8 +98,9 @@ def served_index(ray_local, served_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(served_index):
     """'tomeray serve' over the served index on a free loopback port, with a bearer token."""
-    from serving import TOKEN, ServerProcess
+    from serving import TOKEN
+    from tomeray.jobs.bench_serve import Server
 
-    options = ["--token", TOKEN, "server.torch_threads=1", "inference.device=cpu"]
-    with ServerProcess(served_index, *options) as process:
+    options = ["--port", "0", "--token", TOKEN, "server.torch_threads=1", "inference.device=cpu"]
+    with Server([str(served_index), *options], timeout=300) as process:
         yield process

@@ -1,22 +1,21 @@
-"""The served corpus and servers of the search-service tests: an index built by ``tomeray index`` from
-the opencv-doc videos (random weights, segment mode), a ``tomeray serve`` process on a free loopback
-port, and an in-process uvicorn server for tests that change an index while it is served."""
+"""Indexes and servers of the search tests: an index built by ``tomeray index`` from the opencv-doc
+videos (random weights, segment mode), synthetic indexes of random vectors, and an in-process uvicorn
+server for tests that change an index while it is served (a ``tomeray serve`` child process:
+``jobs.bench_serve.Server``)."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import cv2
+import numpy as np
+import pyarrow as pa
 from media import write_video
+from tomeray.pipeline.video.layout import embeddings_schema
 
 TOKEN = "test-token-0123456789"
 SEGMENT_S = 4.0
@@ -60,51 +59,58 @@ def build_index(corpus: Path, out: Path, extra: list[str] = ()) -> Path:
     return out
 
 
+DIM = 16
+IDENTITY = {"arch": "ViT-S-32", "preset": "none", "num_frames": 4}
+
+
+def shard(ids, paths, starts, durations, vectors) -> pa.Table:
+    """Embedding rows in the index schema (clips of 2 s)."""
+    n, dim = len(ids), np.asarray(vectors).shape[1]
+    return pa.Table.from_pydict({
+        "video_id": pa.array(ids, pa.int64()), "path": paths, "start_s": starts,
+        "end_s": [s + 2.0 for s in starts], "duration_s": durations, "fps": [10.0] * n, "n_frames": [50] * n,
+        "frame_indices": [[0, 10, 20]] * n,
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.ravel(np.asarray(vectors, np.float32))),
+                                                       dim),
+    }, schema=embeddings_schema(dim))
+
+
+def corpus(n: int, seed: int = 0, dim: int = DIM):
+    """n rows over n // 4 videos in two folders; 4 clips of 2 s per video."""
+    rng = np.random.default_rng(seed)
+    videos = [f"/corpus/{'cats' if v % 2 else 'dogs'}/video_{v:04d}.{'mp4' if v % 3 else 'webm'}"
+              for v in range(max(1, n // 4))]
+    paths = [videos[i // 4 % len(videos)] for i in range(n)]
+    starts = [2.0 * (i % 4) for i in range(n)]
+    durations = [8.0 + (i // 4) % 7 for i in range(n)]
+    ids = rng.choice(2**62, size=n, replace=False).astype(np.int64)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return ids, paths, starts, durations, vectors
+
+
+def write_synthetic(root, n=240, parts=3, factory="flat", seed=0, identity=None, dim=DIM):
+    """An index of random unit vectors in the real layout (shards, FAISS, manifest); ``identity``: the
+    model the manifest names (default a stand-in, for tests that never build the encoder)."""
+    from tomeray.pipeline.video.config import FaissConfig
+    from tomeray.pipeline.video.job import finish_index
+    from tomeray.pipeline.video.layout import IndexLayout, index_header
+
+    layout = IndexLayout(root)
+    sampling = {"fps": None, "segment_s": 2.0, "num_frames": 4}
+    manifest = layout.open(index_header(identity or IDENTITY, "random-init(seed=0)", dim, sampling, None))
+    ids, paths, starts, durations, vectors = corpus(n, seed, dim)
+    for p, rows in enumerate(np.array_split(np.arange(n), parts)):
+        layout.write_embeddings(shard(ids[rows], [paths[i] for i in rows], [starts[i] for i in rows],
+                                      [durations[i] for i in rows], vectors[rows]), f"test-{p:05d}")
+    finish_index(layout, manifest, FaissConfig(factory=factory), True, layout.indexed_paths())
+    return layout, (ids, paths, starts, durations, vectors)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``tomeray serve INDEX --port 0 ...`` in a child process; ``url`` once it listens."""
-
-    def __init__(self, index: Path, *args: str, timeout: float = 240.0):
-        self.command = [sys.executable, "-m", "tomeray.pipeline.cli", "serve", str(index), "--port", "0",
-                        *args]
-        self.timeout = timeout
-        self.url = ""
-        self.output: list[str] = []
-
-    def __enter__(self) -> ServerProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env)
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.process.stdout:
-                self.output.append(line)
-                match = re.search(r" at (http://[^ ]+)", line)
-                if line.startswith("serving") and match:
-                    self.url = match.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(self.timeout) or not self.url:
-            self.__exit__()
-            raise RuntimeError("the server did not start:\n" + "".join(self.output[-40:]))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class InProcessServer:

@@ -10,54 +10,13 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
+from serving import DIM, IDENTITY, shard, write_synthetic
 from tomeray.models.errors import InputError
-from tomeray.pipeline.video.config import FaissConfig
 from tomeray.pipeline.video.faiss_index import build_index
 from tomeray.pipeline.video.filters import SearchFilters, matching_ids, rank
-from tomeray.pipeline.video.job import finish_index
-from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema, index_header, thumbnails_schema
+from tomeray.pipeline.video.layout import IndexLayout, index_header, thumbnails_schema
 from tomeray.pipeline.video.metadata import MetadataTable, lookup_fingerprint
 from tomeray.pipeline.video.search import VideoSearcher
-
-DIM = 16
-IDENTITY = {"arch": "ViT-S-32", "preset": "none", "num_frames": 4}
-
-
-def shard(ids, paths, starts, durations, vectors) -> pa.Table:
-    n = len(ids)
-    return pa.Table.from_pydict({
-        "video_id": pa.array(ids, pa.int64()), "path": paths, "start_s": starts,
-        "end_s": [s + 2.0 for s in starts], "duration_s": durations, "fps": [10.0] * n, "n_frames": [50] * n,
-        "frame_indices": [[0, 10, 20]] * n,
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.ravel(np.asarray(vectors, np.float32))),
-                                                       DIM),
-    }, schema=embeddings_schema(DIM))
-
-
-def corpus(n: int, seed: int = 0):
-    """n rows over n // 4 videos in two folders; 4 clips of 2 s per video."""
-    rng = np.random.default_rng(seed)
-    videos = [f"/corpus/{'cats' if v % 2 else 'dogs'}/video_{v:04d}.{'mp4' if v % 3 else 'webm'}"
-              for v in range(max(1, n // 4))]
-    paths = [videos[i // 4 % len(videos)] for i in range(n)]
-    starts = [2.0 * (i % 4) for i in range(n)]
-    durations = [8.0 + (i // 4) % 7 for i in range(n)]
-    ids = rng.choice(2**62, size=n, replace=False).astype(np.int64)
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return ids, paths, starts, durations, vectors
-
-
-def write_synthetic(root, n=240, parts=3, factory="flat", seed=0):
-    layout = IndexLayout(root)
-    sampling = {"fps": None, "segment_s": 2.0, "num_frames": 4}
-    manifest = layout.open(index_header(IDENTITY, "random-init(seed=0)", DIM, sampling, None))
-    ids, paths, starts, durations, vectors = corpus(n, seed)
-    for p, rows in enumerate(np.array_split(np.arange(n), parts)):
-        layout.write_embeddings(shard(ids[rows], [paths[i] for i in rows], [starts[i] for i in rows],
-                                      [durations[i] for i in rows], vectors[rows]), f"test-{p:05d}")
-    finish_index(layout, manifest, FaissConfig(factory=factory), True, layout.indexed_paths())
-    return layout, (ids, paths, starts, durations, vectors)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +32,9 @@ def test_lookup_table_matches_the_shards_and_is_memory_mapped(synthetic):
     positions = table.positions([r["video_id"] for r in expected])
     assert (positions >= 0).all()
     assert [table.row(int(p)) for p in positions] == expected
-    assert isinstance(table.ids, np.memmap)  # read from disk on demand, not loaded
-    assert all(isinstance(table.columns[c], np.memmap) for c in ("start_s", "path", "shard"))
+    # read from disk on demand, not loaded: views of memory-mapped files
+    assert all(isinstance(table.columns[c].base, np.memmap) and not table.columns[c].flags.owndata
+               for c in ("ids", "start_s", "path", "shard"))
     assert np.all(np.diff(table.ids) > 0)
     unknown = np.array([1, 2**62 + 5, -1], np.int64)
     assert table.positions(unknown).tolist() == [-1, -1, -1]

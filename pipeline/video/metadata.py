@@ -100,8 +100,8 @@ class MetadataTable:
         return _positions(self.ids, np.asarray(ids, np.int64))
 
     def path(self, number: int) -> str:
-        start, end = int(self._offsets[number]), int(self._offsets[number + 1])
-        return bytes(self._paths[start:end]).decode("utf-8")
+        start, end = self._offsets[number : number + 2].tolist()
+        return self._paths[start:end].tobytes().decode("utf-8")
 
     def all_paths(self) -> list[str]:
         """Every path (one per video), in path-number order; decoded once, for path filters."""
@@ -112,10 +112,17 @@ class MetadataTable:
         return self._all_paths
 
     def row(self, position: int) -> dict:
+        return self.rows([position])[0]
+
+    def rows(self, positions) -> list[dict]:
+        """The metadata of the rows at ``positions`` (one gather per column: a search's hits)."""
+        positions = np.asarray(positions, np.int64)
         c = self.columns
-        return {"video_id": int(c["ids"][position]), "path": self.path(int(c["path"][position])),
-                "start_s": float(c["start_s"][position]), "end_s": float(c["end_s"][position]),
-                "duration_s": float(c["duration_s"][position])}
+        ids, paths = c["ids"][positions].tolist(), c["path"][positions].tolist()
+        starts, ends = c["start_s"][positions].tolist(), c["end_s"][positions].tolist()
+        durations = c["duration_s"][positions].tolist()
+        return [{"video_id": v, "path": self.path(p), "start_s": s, "end_s": e, "duration_s": d}
+                for v, p, s, e, d in zip(ids, paths, starts, ends, durations)]
 
     def shard_row(self, position: int) -> tuple[Path, int]:
         return self.shards[int(self.columns["shard"][position])], int(self.columns["row"][position])
@@ -133,11 +140,12 @@ def _positions(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _load(path: Path) -> np.ndarray:
-    """Memory-mapped; an empty array (nothing to map) is read normally."""
+    """Memory-mapped (a plain ndarray over the mapping: indexing skips np.memmap's per-access
+    overhead); an empty array (nothing to map) is read normally."""
     with open(path, "rb") as f:
         np.lib.format.read_magic(f)
         shape = np.lib.format.read_array_header_1_0(f)[0]
-    return np.load(path, mmap_mode="r") if int(np.prod(shape)) else np.load(path)
+    return np.asarray(np.load(path, mmap_mode="r")) if int(np.prod(shape)) else np.load(path)
 
 
 def _build(layout: IndexLayout, folder: Path) -> None:

@@ -290,24 +290,31 @@ class VideoSearcher:
         found = positions >= 0  # ids in FAISS but not in the metadata (a stale index) are left out
         scores, positions = scores[found], positions[found]
         end = len(positions) if k is None else offset + k
-        results = []
-        for rank_, (score, position) in enumerate(zip(scores[offset:end], positions[offset:end]),
-                                                 start=offset + 1):
-            row = self.metadata.row(int(position))
-            results.append(SearchResult(rank_, float(score), row["video_id"], row["path"], row["start_s"],
-                                        row["end_s"], row["duration_s"]))
-        return results
+        rows = self.metadata.rows(positions[offset:end])
+        return [SearchResult(rank_, float(score), r["video_id"], r["path"], r["start_s"], r["end_s"],
+                             r["duration_s"])
+                for rank_, (score, r) in enumerate(zip(scores[offset:end].tolist(), rows),
+                                                   start=offset + 1)]
 
     # ------------------------------------------------------------------------------ rows
 
     def row(self, video_id: int) -> SearchResult | None:
         """An indexed row's metadata (rank 0, score NaN), or None for an unknown id."""
-        position = int(self.metadata.positions([video_id])[0])
-        if position < 0:
-            return None
-        r = self.metadata.row(position)
-        return SearchResult(0, float("nan"), r["video_id"], r["path"], r["start_s"], r["end_s"],
-                            r["duration_s"])
+        return self.rows([video_id])[0]
+
+    def rows(self, video_ids) -> list[SearchResult | None]:
+        """:meth:`row` for many ids at once (one lookup per column)."""
+        positions = self.metadata.positions(video_ids)
+        found = iter(self.metadata.rows(positions[positions >= 0]))
+        out: list[SearchResult | None] = []
+        for position in positions.tolist():
+            if position < 0:
+                out.append(None)
+                continue
+            r = next(found)
+            out.append(SearchResult(0, float("nan"), r["video_id"], r["path"], r["start_s"], r["end_s"],
+                                    r["duration_s"]))
+        return out
 
     def _position(self, video_id: int) -> int:
         position = int(self.metadata.positions([video_id])[0])

@@ -96,7 +96,7 @@ class SearchService:
     """Loads ``index_dirs`` and answers queries (see the module docstring)."""
 
     def __init__(self, index_dirs: list[str], cfg: ServeConfig | None = None,
-                 metrics: ServiceMetrics | None = None, server: str = "uvicorn"):
+                 metrics: ServiceMetrics | None = None, server: str = "uvicorn", encoder=None):
         if not index_dirs:
             raise InputError("no index given: pass one or more index directories made by 'tomeray index'")
         self.cfg = cfg or ServeConfig()
@@ -106,6 +106,8 @@ class SearchService:
         self.names = _names(self.dirs)
         self.reload_errors: dict[str, str] = {}
         first = self._searcher(self.dirs[0])
+        if encoder is not None:  # one already built for the indexes' model
+            first.use_encoder(encoder)
         self.encoder = first.encoder  # loaded once, here, and shared by every index
         self._reference = first.manifest
         searchers = [first] + [self._searcher(d) for d in self.dirs[1:]]
@@ -269,12 +271,15 @@ class SearchService:
         """The JSON answer: the page of hits joined to their metadata."""
         started = time.perf_counter()
         page = answer.hits[query.offset : query.offset + query.k]
+        rows = {}
+        for number in {hit[2] for hit in page}:  # one lookup per index for all its hits
+            ids = [video_id for _, video_id, n in page if n == number]
+            rows.update(((number, v), r) for v, r in zip(ids, answer.indexes[number].searcher.rows(ids)))
         results = []
         for rank, (score, video_id, number) in enumerate(page, start=query.offset + 1):
-            index = answer.indexes[number]
-            row = index.searcher.row(video_id)
+            row = rows[number, video_id]
             if row is not None:
-                results.append(self.hit(index, row, rank, score))
+                results.append(self.hit(answer.indexes[number], row, rank, score))
         metadata_s = time.perf_counter() - started
         self.metrics.stage("metadata", metadata_s)
         note = None
