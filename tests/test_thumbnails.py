@@ -90,3 +90,27 @@ def test_writer_stores_thumbnails_beside_the_rows_and_the_backfill_finds_the_res
     assert missing["path"] == str(video)
     assert missing["video_ids"] == rows["video_id"].to_pylist()[1::2]
     assert missing["frames"] == [middle_frame(f) for f in rows["frame_indices"].to_pylist()[1::2]]
+
+
+def test_merging_indexes_carries_their_thumbnails(tmp_path):
+    import pyarrow as pa
+    from serving import write_synthetic
+    from tomeray.pipeline.video.layout import thumbnails_schema
+    from tomeray.pipeline.video.merge import merge_indexes
+
+    sources = []
+    for seed in (1, 2):
+        layout, (ids, *_rest) = write_synthetic(tmp_path / f"src{seed}", n=8, parts=1, seed=seed)
+        layout.write_thumbnails(pa.Table.from_pydict(
+            {"video_id": ids[:5].tolist(), "thumbnail": [f"jpeg {i}".encode() for i in ids[:5]]},
+            schema=thumbnails_schema()), "t-00000")
+        sources.append((layout, ids))
+    merge_indexes([str(s.root) for s, _ in sources], tmp_path / "out")
+    out = IndexLayout(tmp_path / "out")
+    stored = [row for part in out.thumbnail_shards() for row in pq.read_table(part).to_pylist()]
+    expected = {int(i) for _, ids in sources for i in ids[:5]}
+    assert {r["video_id"] for r in stored} == expected and len(stored) == 10
+    assert all(r["thumbnail"] == f"jpeg {r['video_id']}".encode() for r in stored)
+    missing = rows_without_thumbnails(out)
+    assert sorted(v for item in missing for v in item["video_ids"]) == sorted(
+        int(i) for _, ids in sources for i in ids[5:])  # the rows that had none
