@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
                "  tomeray serve idx                      # http://127.0.0.1:8000\n"
                "  tomeray serve idx_a idx_b --port 9000 limits.max_k=100\n"
-               "  TOMERAY_SERVE_TOKEN=secret tomeray serve idx --host 0.0.0.0\n"
+               "  TOMERAY_SERVE_TOKEN=$(openssl rand -hex 16) tomeray serve idx --host 0.0.0.0\n"
                "  tomeray serve idx --ray --replicas 2 --address auto\n"
                "Binding anything but a loopback address needs a token (--token or TOMERAY_SERVE_TOKEN).",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,20 +25,20 @@ async function main() {
   }
   const spec = await response.json();
   root.replaceChildren(node("h1", "", `${spec.info.title} ${spec.info.version}`),
-                       node("p", "path", spec.info.description || ""));
+                       node("p", "desc", spec.info.description || ""));
   for (const [path, methods] of Object.entries(spec.paths)) {
     for (const [method, op] of Object.entries(methods)) {
       const card = node("section", "card doc");
       const head = node("h2", "");
       head.append(node("span", `method ${method}`, method.toUpperCase()), node("code", "", path));
       card.append(head, node("p", "", op.summary || ""));
-      if (op.description) card.append(node("p", "path", op.description));
+      if (op.description) card.append(node("p", "desc", op.description));
       const params = op.parameters || [];
       if (params.length) {
         const table = node("table", "params");
         for (const p of params) {
           const tr = node("tr");
-          tr.append(node("td", "", p.name), node("td", "path", `${p.in} · ${typeOf(p.schema)}`),
+          tr.append(node("td", "", p.name), node("td", "desc", `${p.in} · ${typeOf(p.schema)}`),
                     node("td", "", (p.description || p.schema?.description || "")));
           table.append(tr);
         }
