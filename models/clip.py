@@ -92,10 +92,11 @@ class ClipTextEncoder(nn.Module):
         tower = self._tower
         if tower is None:
             return self.model.encode_text(tokens, normalize=True).float()
-        n, length = tokens.shape
-        context = tower.positional_embedding.shape[0]
+        length, context = tokens.shape[1], tower.positional_embedding.shape[0]
         if length > context:
             raise InputError(f"token ids have length {length}; this text tower takes at most {context}")
+        tokens = _trim_padding(tower, self._tower_attr, tokens)
+        n, length = tokens.shape
         x = tower.token_embedding(tokens).to(tower.transformer.get_cast_dtype())
         x = x + tower.positional_embedding[:length].to(x.dtype)
         mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
@@ -130,6 +131,23 @@ def _lora_text_tower(model: nn.Module) -> str | None:
     plain = all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
                 for b in transformer.resblocks)
     return attr if plain and getattr(transformer, "batch_first", True) else None
+
+
+def _trim_padding(tower: nn.Module, attr: str, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` without the padding after the batch's last end-of-text token. The tower is causal
+    and pools at that token, so later positions never reach the output: the embeddings are those of
+    the padded batch, at a fraction of the cost (a query is a few of the 77 positions)."""
+    if tower.attn_mask is None:  # not causal: every position reaches every other
+        return tokens
+    pool = tower.pool_type if attr else tower.text_pool_type
+    if pool == "argmax":  # open_clip's tokenizer gives end-of-text the highest id
+        last = tokens.argmax(dim=-1)
+    elif pool == "eos":
+        eos = tower.eos_id if attr else getattr(tower, "text_eos_id", None)
+        last = (tokens == eos).int().argmax(dim=-1)
+    else:
+        return tokens
+    return tokens[:, : int(last.max()) + 1]
 
 
 def _pool_text(tower: nn.Module, attr: str, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ One input row (``path``, ``key``) becomes one output row per clip: the whole vid
 mode one row per window of ``segment_s`` seconds. Frames are decoded straight to the model's
 resolution (decord scales while decoding, shorter side -> ``image_size``) and centre-cropped, so a
 row carries ``(T, S, S, 3)`` uint8, not full-size frames, and what producing it cost
-(``decode_cpu_s``, ``decode_wall_s``, ``decode_done_at``: ``operators.worker``).
+(``decode_cpu_s``, ``decode_wall_s``, ``decode_done_at``: ``operators.worker``); with ``thumbnails``
+also a small JPEG of one of its frames (``operators.thumbnail``), for search results.
 
 Videos without usable timestamps are read sequentially (``operators.video_io.FrameReader``).
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from tomeray.models.errors import one_line
 from tomeray.models.frames import center_crop, resized_hw, sample_frame_indices
+from tomeray.operators.thumbnail import thumbnail_jpeg
 from tomeray.operators.video_io import (
     CorruptVideoError,
     FrameReader,
@@ -69,6 +71,7 @@ class Clip:
     duration_s: float  # of the whole video
     fps: float
     n_frames: int  # of the whole video
+    thumbnail: bytes = b""  # JPEG of the middle sampled frame (when asked for), b"" otherwise
 
 
 def segment_windows(n_frames: int, fps: float, segment_s: float | None) -> list[tuple[int, int]]:
@@ -144,9 +147,11 @@ def decode_clips(
     segment_s: float | None = None,
     num_threads: int = 1,
     strict: bool = True,
+    thumbnails: bool = False,
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in time order. Raises on unreadable or damaged input
-    (damage reported by the decoder is ignored when ``strict`` is False)."""
+    (damage reported by the decoder is ignored when ``strict`` is False). ``thumbnails``: each clip
+    carries a JPEG of its middle sampled frame."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UnreadableVideoError(f"'{path}' does not exist or is not a file")
@@ -166,7 +171,7 @@ def decode_clips(
 
     with _DecoderLog() as log:
         try:
-            for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads):
+            for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads, thumbnails):
                 damaged(log)
                 yield clip
         except UnreadableVideoError as e:
@@ -176,7 +181,7 @@ def decode_clips(
 
 
 def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | None,
-            segment_s: float | None, num_threads: int) -> Iterator[Clip]:
+            segment_s: float | None, num_threads: int, thumbnails: bool = False) -> Iterator[Clip]:
     decord = load_decord()
 
     try:
@@ -204,7 +209,10 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
         out[: len(crops)] = crops
         mask = np.arange(num_frames) < len(crops)
         to_s = (lambda f: f / fps) if math.isfinite(duration) else (lambda f: float("nan"))
-        return Clip(out, mask, indices.astype(np.int64), to_s(start), to_s(end), duration, fps, n_frames)
+        # the uncropped frame keeps the picture's shape
+        thumbnail = thumbnail_jpeg(frames[len(frames) // 2]) if thumbnails and len(frames) else b""
+        return Clip(out, mask, indices.astype(np.int64), to_s(start), to_s(end), duration, fps, n_frames,
+                    thumbnail)
 
     # Windows are disjoint and in order, so even a sequential reader makes one pass, and each clip
     # is emitted as soon as its last frame is read.
@@ -223,6 +231,7 @@ def empty_clip_row(num_frames: int, image_size: int) -> dict:
         "frames": np.zeros((num_frames, image_size, image_size, 3), np.uint8),
         "mask": np.zeros(num_frames, bool),
         "frame_indices": np.zeros(0, np.int64),
+        "thumbnail": b"",
     }
 
 
@@ -239,8 +248,10 @@ class VideoDecoder:
         segment_s: float | None = None,
         num_threads: int = 1,
         strict: bool = True,
+        thumbnails: bool = False,
     ):
         self.strict = bool(strict)
+        self.thumbnails = bool(thumbnails)
         self.image_size = int(image_size)
         self.num_frames = int(num_frames)
         self.sample_fps = sample_fps
@@ -254,12 +265,12 @@ class VideoDecoder:
         emitted = 0
         try:
             for c in decode_clips(path, self.image_size, self.num_frames, self.sample_fps, self.segment_s,
-                                  self.num_threads, self.strict):
+                                  self.num_threads, self.strict, self.thumbnails):
                 yield {
                     **base,
                     "start_s": c.start_s, "end_s": c.end_s, "duration_s": c.duration_s, "fps": c.fps,
                     "n_frames": c.n_frames, "frame_indices": c.frame_indices, "frames": c.frames,
-                    "mask": c.mask,
+                    "mask": c.mask, "thumbnail": c.thumbnail,
                 }
                 emitted += 1
         except Exception as e:  # noqa: BLE001 - any decoder failure is this input's error, not the job's
@@ -283,7 +294,7 @@ def _as_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     batch = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
-        if name == "frame_indices":  # ragged: an object column of int64 arrays
+        if name in ("frame_indices", "thumbnail"):  # ragged: object columns of int64 arrays / bytes
             column = np.empty(len(values), dtype=object)
             column[:] = values
             batch[name] = column

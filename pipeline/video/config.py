@@ -41,6 +41,7 @@ class IndexOutputConfig:
     shard_rows: int = 256  # rows per Parquet part (a crash loses at most the rows not yet written)
     flush_s: float = 30.0  # ... or what arrived in the last flush_s seconds
     build_faiss: bool = True
+    thumbnails: bool = True  # a small JPEG per row (thumbnails/ parts); a rerun backfills missing ones
 
 
 @dataclass

@@ -26,7 +26,7 @@ def video_decoder(cfg: IndexConfig, image_size: int):
     from tomeray.operators.video_decode import VideoDecoder
 
     return VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s,
-                        cfg.sampling.decode_threads, cfg.sampling.strict)
+                        cfg.sampling.decode_threads, cfg.sampling.strict, cfg.output.thumbnails)
 
 
 def embedder_kwargs(cfg: IndexConfig) -> dict:

@@ -226,6 +226,10 @@ def run_index(
                     for it in items]
         writer.add_errors(worker_lost_rows(expected, writer.seen_paths, "decode"))
     writer.flush()
+    if cfg.output.thumbnails:  # rows indexed before thumbnails existed get theirs now
+        from tomeray.pipeline.video.thumbnails import backfill_thumbnails
+
+        backfill_thumbnails(layout, cfg, run_id, image_size, address)
 
     # A video is indexed by this run when all its rows are in and it had no error.
     done_now = completed_paths(layout, segment_s)

@@ -5,6 +5,10 @@
 <root>/config.yaml                the resolved config of the latest run
 <root>/runs/<run_id>.json         what each run did
 <root>/embeddings/part-*.parquet  one row per video (or per window in segment mode)
+<root>/thumbnails/part-*.parquet  (video_id, thumbnail): a small JPEG per row (indexes made before
+                                  thumbnails have none; a rerun of ``tomeray index`` adds them)
+<root>/lookup/<fingerprint>/      id -> metadata table for search (pipeline.video.metadata; derived,
+                                  rebuilt from the shards whenever they change)
 <root>/errors/part-*.parquet      inputs that failed (pipeline.core.errors_table)
 <root>/index.faiss                IDMap2 over video_id
 ```
@@ -27,11 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tomeray.models.errors import InputError, TomerayError
-from tomeray.pipeline.core.atomic import atomic_write_parquet
+from tomeray.pipeline.core.atomic import atomic_write_parquet, atomic_write_with
 from tomeray.pipeline.core.errors_table import current_errors, read_error_parts, write_error_part
 from tomeray.pipeline.core.output import JobOutput, check_compatible
 
-__all__ = ["PINNED", "IndexLayout", "check_same_embeddings", "embeddings_schema", "index_header"]
+__all__ = ["PINNED", "THUMBNAIL_ROW_GROUP", "IndexLayout", "check_same_embeddings", "embeddings_schema",
+           "index_header", "thumbnails_schema"]
 
 # Manifest paths two sets of embeddings must agree on to be searched or merged together. The id
 # root itself is not pinned: the same corpus may be mounted elsewhere on another machine.
@@ -50,6 +55,15 @@ def embeddings_schema(dim: int) -> pa.Schema:
         ("frame_indices", pa.list_(pa.int64())),
         ("embedding", pa.list_(pa.float32(), dim)),
     ])
+
+
+# Thumbnail parts are read one row group at a time by the search service: small groups keep one
+# lookup at ~100 KB instead of a whole part.
+THUMBNAIL_ROW_GROUP = 16
+
+
+def thumbnails_schema() -> pa.Schema:
+    return pa.schema([("video_id", pa.int64()), ("thumbnail", pa.binary())])
 
 
 def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None) -> dict:
@@ -84,6 +98,8 @@ class IndexLayout(JobOutput):
         super().__init__(root)
         self.embeddings_dir = self.root / "embeddings"
         self.errors_dir = self.root / "errors"
+        self.thumbnails_dir = self.root / "thumbnails"
+        self.lookup_dir = self.root / "lookup"
         self.faiss_path = self.root / "index.faiss"
 
     def has_results(self) -> bool:
@@ -92,6 +108,20 @@ class IndexLayout(JobOutput):
     # --- shards -------------------------------------------------------------------------------
     def embedding_shards(self) -> list[Path]:
         return sorted(self.embeddings_dir.glob("part-*.parquet"))
+
+    def thumbnail_shards(self) -> list[Path]:
+        return sorted(self.thumbnails_dir.glob("part-*.parquet"))
+
+    def write_thumbnails(self, table: pa.Table, name: str) -> Path:
+        path = self.thumbnails_dir / f"part-{name}.parquet"
+        # JPEGs are compressed already
+        return atomic_write_with(path, lambda tmp: pq.write_table(
+            table, tmp, row_group_size=THUMBNAIL_ROW_GROUP, compression="none"))
+
+    def thumbnail_ids(self) -> np.ndarray:
+        """The ids that have a thumbnail (sorted, unique)."""
+        ids = [_read_shard(p, ["video_id"])["video_id"].to_numpy() for p in self.thumbnail_shards()]
+        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
 
     def error_shards(self) -> list[Path]:
         return sorted(self.errors_dir.glob("part-*.parquet"))

@@ -52,6 +52,7 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
         duplicates += int((~new).sum())
         if new.any():
             part = table.filter(pa.array(new))
+            _copy_thumbnails(src, out_layout, part["video_id"], f"{run_id}-merge{i:03d}")
             out_layout.write_embeddings(part, f"{run_id}-merge{i:03d}")
             have.update(part["video_id"].to_pylist())
             added_rows += part.num_rows
@@ -72,3 +73,15 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
     out_layout.write_run_record(run_id, {**dataclasses.asdict(summary),
                                          "merged_from": [str(s.root) for s in layouts]})
     return summary
+
+
+def _copy_thumbnails(src: IndexLayout, out: IndexLayout, ids: pa.ChunkedArray, name: str) -> None:
+    """The source's thumbnails of the merged rows, one part at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for number, part in enumerate(src.thumbnail_shards()):
+        table = pq.read_table(part)
+        table = table.filter(pc.is_in(table["video_id"], value_set=ids.combine_chunks()))
+        if table.num_rows:
+            out.write_thumbnails(table, f"{name}-{number:05d}")
