@@ -20,20 +20,27 @@ from readme_blocks import README, commands, job_entrypoint
 from tomeray.pipeline.core.config import load_config, split_overrides
 from tomeray.pipeline.reconstruction.config import ReconConfig
 from tomeray.pipeline.video.config import IndexConfig
+from tomeray.pipeline.video.serve.config import ServeConfig
 
 CLUSTER = Path(__file__).resolve().parents[1] / "configs" / "cluster"
 JOBS = {"tomeray.jobs.index_videos": (IndexConfig, "index"),
-        "tomeray.jobs.reconstruct_scenes": (ReconConfig, "reconstruct")}
+        "tomeray.jobs.reconstruct_scenes": (ReconConfig, "reconstruct"),
+        "tomeray.jobs.serve_search": (ServeConfig, "serve")}
+OUTPUT_JOBS = ("tomeray.jobs.index_videos", "tomeray.jobs.reconstruct_scenes")  # write to --out
 
 
 def check_entrypoint(words: list[str]):
-    """``python -m tomeray.jobs.X INPUTS --out DIR KEY=VALUE...``: a job module with ``main``, an
-    output directory, and overrides the job's config accepts. Returns the loaded config."""
+    """``python -m tomeray.jobs.X INPUTS [--out DIR] KEY=VALUE...``: a job module with ``main``,
+    inputs, an output directory for the jobs that write one, and overrides the job's config
+    accepts. Returns the loaded config."""
     assert words[:2] == ["python", "-m"] and words[2] in JOBS, words
     assert callable(importlib.import_module(words[2]).main)
     items, overrides = split_overrides(words[3:])
-    assert "--out" in items and items.index("--out") < len(items) - 1, words
-    assert [i for i in items if i != "--out" and not i.startswith("-")], f"no inputs: {words}"
+    if words[2] in OUTPUT_JOBS:
+        assert "--out" in items and items.index("--out") < len(items) - 1, words
+    flags_with_values = {"--out", "--port", "--host", "--replicas", "--address"}
+    values = {items[i + 1] for i, item in enumerate(items[:-1]) if item in flags_with_values}
+    assert [i for i in items if not i.startswith("-") and i not in values], f"no inputs: {words}"
     schema, name = JOBS[words[2]]
     return load_config(schema, name, overrides)
 

@@ -3,7 +3,7 @@ FAISS index and lookup tables, loaded once) and serves the same FastAPI applicat
 
     tomeray serve idx --ray --replicas 2 [--address auto]        # deploys, then waits for Ctrl-C
     serve run tomeray.pipeline.video.serve.ray_app:build indexes=/data/idx replicas=2
-    ray job submit -- python -m tomeray.pipeline.video.serve.ray_app /data/idx --port 8000
+    ray job submit -- python -m tomeray.jobs.serve_search /data/idx --port 8000
 
 Every replica opens the index directories itself, so they must be on storage each node can read.
 The token, when given, is passed to the replicas as a deployment argument (the Ray cluster's users
@@ -104,14 +104,3 @@ def serve_ray(index_dirs: list[str], cfg: ServeConfig, host: str, port: int, tok
     finally:
         serve.delete(APP_NAME)
 
-
-def main(argv: list[str] | None = None) -> int:
-    from tomeray.pipeline.cli import configure_logging
-    from tomeray.pipeline.video.serve.cli import main as serve_main
-
-    configure_logging()
-    return serve_main(["--ray", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
