@@ -5,7 +5,9 @@ merge mode of ``--modes``, all in one process with the runs alternating, so that
 measured side by side under the same load. A mode is a preset of ``MergeConfig`` with optional
 overrides: ``default``, ``reference``, ``fast``, ``default+rematch_every=2``, ``fast+region=3``.
 Reported per (views, mode) row: aggregator wall time (median of ``--repeats`` runs after a
-warm-up), speedup (median over the repeats of unmerged / merged), the time of each merge
+warm-up), speedup (median over the repeats of unmerged / merged; ``speedup_best`` from the
+fastest run of each, the least disturbed on a shared machine; ``cpu_speedup``: the same median
+from the process's CPU time, which other load on the machine hardly changes), the time of each merge
 component in one profiled run (similarity, selection, gather/scatter, merged attention), peak
 memory above the pre-call level (fresh process per variant), and the deviation of the camera
 poses (max |pose_enc difference|) and of the depth and world-point maps (relative L2) from the
@@ -148,12 +150,13 @@ class _Case:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def timed_aggregate(self, model) -> float:
-        start = time.perf_counter()
+    def timed_aggregate(self, model) -> tuple[float, float]:
+        """Wall seconds and this process's CPU seconds of one aggregator call."""
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad(), self.autocast():
             model.aggregate(self.images)
         self.sync()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     def components(self, model) -> dict:
         """Milliseconds of each merge component (profiler labels) in one run, and the rest."""
@@ -178,13 +181,16 @@ def measure_time(spec: dict) -> dict:
         for model in models.values():  # warm-up: kernels, allocator
             model.aggregate(case.images[:, :2])
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     errors: dict[str, str] = {}
     for _ in range(spec["repeats"]):
         for name, model in models.items():
             if name in errors:
                 continue
             try:
-                times[name].append(case.timed_aggregate(model))
+                wall, used = case.timed_aggregate(model)
+                times[name].append(wall)
+                cpu[name].append(used)
             except (TomerayError, torch.OutOfMemoryError) as e:
                 errors[name] = f"{type(e).__name__}: {e}"
                 if case.cuda:
@@ -198,6 +204,9 @@ def measure_time(spec: dict) -> dict:
         if name != UNMERGED and UNMERGED not in errors:
             ratios = [u / m for u, m in zip(times[UNMERGED], times[name])]
             out[name]["speedup"] = statistics.median(ratios)
+            out[name]["speedup_best"] = min(times[UNMERGED]) / min(times[name])  # least disturbed runs
+            # CPU time is what the process computed, however busy the machine (CPU device only)
+            out[name]["cpu_speedup"] = statistics.median(u / m for u, m in zip(cpu[UNMERGED], cpu[name]))
             if spec["components"]:
                 out[name]["components_ms"] = case.components(models[name])
     return out
@@ -293,6 +302,7 @@ def bench_views(args, device: str, views: int, modes: list[str], tmp: Path) -> l
                "height": int(frames.shape[-2]), "width": int(frames.shape[-1]),
                "tokens": base.get("tokens"), "attended_tokens": result.get("attended_tokens"),
                "ms_unmerged": base.get("ms"), "ms_merged": result.get("ms"), "speedup": result.get("speedup"),
+               "speedup_best": result.get("speedup_best"), "cpu_speedup": result.get("cpu_speedup"),
                "ms_runs_unmerged": base.get("ms_runs"), "ms_runs_merged": result.get("ms_runs"),
                "peak_mb_unmerged": base.get("peak_mb"), "peak_mb_merged": result.get("peak_mb"),
                "components_ms": result.get("components_ms"), "weights_id": base.get("weights_id")}
@@ -406,7 +416,7 @@ def _print_rows(rows: list[dict], *, header: bool, args, device: str) -> None:
         print(f"# device {device}, {args.threads} threads, frames {args.video}, "
               f"images {rows[0]['height']}x{rows[0]['width']}, median of {args.repeats} runs")
         print(f"{'views':>5} {'mode':<24} {'tokens':>6} {'attend':>6} {'unmerged':>9} {'merged':>7}"
-              f" {'speedup':>7}"
+              f" {'speedup':>7} {'cpu':>6}"
               f" {'sim':>6} {'g/s':>5} {'attn':>6} {'other':>6} {'pose d':>8} {'depth e':>8} {'point e':>8}"
               f" {'d vs ref':>8} {'MB m':>6}")
     for row in rows:
@@ -417,6 +427,7 @@ def _print_rows(rows: list[dict], *, header: bool, args, device: str) -> None:
         dev, ref = row.get("vs_unmerged", {}), row.get("vs_reference", {})
         print(f"{row['views']:>5} {row['mode']:<24} {row['tokens']:>6} {row['attended_tokens']:>6}"
               f" {row['ms_unmerged']:>9.0f} {row['ms_merged']:>7.0f} {row['speedup']:>6.2f}x"
+              f" {_fmt(row.get('cpu_speedup'), '.2f', 5)}x"
               f" {_fmt(parts.get('similarity'), '.0f', 6)} {_fmt(parts.get('gather_scatter'), '.0f', 5)}"
               f" {_fmt(parts.get('attention'), '.0f', 6)} {_fmt(parts.get('other'), '.0f', 6)}"
               f" {_fmt(dev.get('pose_max_abs'), '.2e', 8)} {_fmt(dev.get('depth_rel_err'), '.2e', 8)}"
