@@ -222,6 +222,55 @@ def test_vggt_fast_presets_resolve_and_explicit_options_win():
         create_vggt(VGGTModelConfig(arch="vggt-tiny", pretrained="none", merge=MergeConfig(rematch_every=0)))
 
 
+@pytest.mark.parametrize("preset", ["default", "reference", "fast"])
+def test_vggt_fast_each_preset_builds_its_plan(preset):
+    """Every preset's options reach the plan: layout, protection, bias, scores, candidates."""
+    from tomeray.models.vggt.config import MERGE_PRESETS
+
+    options = MergeConfig(preset=preset).options()
+    assert {k: options[k] for k in MERGE_PRESETS[preset]} == MERGE_PRESETS[preset]
+    plan = plan_for(preset=preset)
+    reference = preset == "reference"
+    assert (plan.copies is not None) == reference  # duplicated protected destinations
+    assert plan.candidates == MERGE_PRESETS[preset]["candidates"]
+    assert plan.score_dtype is None  # float32 scores in every preset
+    metric = torch.randn(2, plan.num_tokens, 12, generator=torch.Generator().manual_seed(3))
+    matching = plan(metric)
+    assert (matching.attn_bias is None) == reference
+    seed = MERGE_PRESETS[preset]["seed"]
+    expected = frame_dst_mask(4, 40, 5, (5, 7), layout=MERGE_PRESETS[preset]["region_layout"],
+                              generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(plan.dst, expected)
+
+
+@pytest.mark.parametrize(
+    "merge, key",
+    [
+        (dict(preset="fastest"), "preset"),
+        (dict(region_layout="sheared"), "merge.region_layout"),
+        (dict(protected="kept"), "merge.protected"),
+        (dict(similarity="float16"), "merge.similarity"),
+        (dict(candidates="nearby"), "merge.candidates"),
+        (dict(proportional_attention="yes"), "merge.proportional_attention"),
+        (dict(region=True), "merge.region"),
+        (dict(region=2.5), "merge.region"),
+        (dict(seed="33"), "merge.seed"),
+        (dict(rematch_every=0), "merge.rematch_every"),
+        (dict(region=0), "merge.region"),
+        (dict(ratio=1.5), "merge.ratio"),
+        (dict(ratio="0.9"), "merge.ratio"),
+        (dict(protect_ratio=1.0), "merge.protect_ratio"),
+        (dict(start_block=4), "merge.start_block"),
+        (dict(preset="reference", enabled="no"), "merge.enabled"),
+    ],
+)
+def test_vggt_fast_invalid_merge_options_raise_config_error(merge, key):
+    from tomeray.models.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        create_vggt(VGGTModelConfig(arch="vggt-tiny", pretrained="none", merge=MergeConfig(**merge)))
+
+
 def test_vggt_fast_reconstruct_config_takes_presets():
     from tomeray.pipeline.config import load_config
     from tomeray.pipeline.reconstruct import ReconConfig

@@ -53,6 +53,18 @@ CHOICES = {
     "candidates": ("all", "local"),
 }
 
+TYPES = {
+    "enabled": (bool,),
+    "proportional_attention": (bool,),
+    "start_block": (int,),
+    "region": (int,),
+    "rematch_every": (int,),
+    "seed": (int,),
+    "ratio": (int, float),
+    "protect_ratio": (int, float),
+}
+TYPE_NAMES = {(bool,): "true or false", (int,): "an integer", (int, float): "a number"}
+
 
 @dataclass
 class MergeConfig:
@@ -102,6 +114,11 @@ class MergeConfig:
         preset = MERGE_PRESETS[self.preset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **filled)
+        for key, kinds in TYPES.items():
+            value = getattr(cfg, key)
+            # bool is an int in Python; "region: true" is a mistake, not 1
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ConfigError(f"merge.{key} must be {TYPE_NAMES[kinds]}; got {value!r}")
         for key, choices in CHOICES.items():
             value = getattr(cfg, key)
             if value not in choices:
