@@ -272,8 +272,8 @@ def test_vggt_fast_invalid_merge_options_raise_config_error(merge, key):
 
 
 def test_vggt_fast_reconstruct_config_takes_presets():
-    from tomeray.pipeline.config import load_config
-    from tomeray.pipeline.reconstruct import ReconConfig
+    from tomeray.pipeline.core.config import load_config
+    from tomeray.pipeline.reconstruction.config import ReconConfig
 
     cfg = load_config(ReconConfig, "reconstruct", ["model.merge.preset=reference", "model.merge.seed=5"])
     merge = cfg.model.merge.resolved()
