@@ -14,6 +14,8 @@ JOBS = {
     "index": ("tomeray.pipeline.video.config", "IndexConfig", "index"),
     "search": ("tomeray.pipeline.video.config", "SearchConfig", "search"),
     "reconstruct": ("tomeray.pipeline.reconstruction.config", "ReconConfig", "reconstruct"),
+    "train": ("tomeray.pipeline.training.config", "TrainConfig", "train"),
+    "eval-retrieval": ("tomeray.pipeline.training.config", "EvalConfig", "eval_retrieval"),
 }
 
 

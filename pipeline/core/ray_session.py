@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 __all__ = ["init_ray"]
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Initialise Ray unless it already is. ``address`` wins over ``RAY_ADDRESS``; with neither (or
-    ``local``), a local cluster starts (``num_cpus`` caps it, for tests and small machines)."""
+    ``local``), a local cluster starts (``num_cpus`` caps it, for tests and small machines), with the
+    dashboard when ``dashboard`` (Ray Train watches its actors through the dashboard's state API)."""
     import ray
 
     if ray.is_initialized():
@@ -26,7 +27,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
-    kwargs: dict = {"log_to_driver": True, "include_dashboard": False}
+    kwargs: dict = {"log_to_driver": True, "include_dashboard": dashboard}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     log.info("starting a local Ray cluster")

@@ -130,7 +130,8 @@ def run_index(
     layout = IndexLayout(out)
     discovery = discover_videos(inputs, tuple(cfg.input.extensions), cfg.input.list_column)
     identity, weights_id, dim, image_size = _model_facts(cfg.model)  # fails early on missing weights
-    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root)
+    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root,
+                          adapter_path=cfg.model.adapter)
     manifest = layout.open(header)
     save_config(cfg, layout.config_path)
     if weights_id.startswith("random-init"):

@@ -52,8 +52,11 @@ def embeddings_schema(dim: int) -> pa.Schema:
     ])
 
 
-def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None) -> dict:
-    """The pinned part of a manifest, in its JSON form (so it compares equal to a stored one)."""
+def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None,
+                 adapter_path: str | None = None) -> dict:
+    """The pinned part of a manifest, in its JSON form (so it compares equal to a stored one), plus
+    where the model's adapter file was (``adapter.path``, not pinned: the adapter's identity is part
+    of ``model``, and the file may move; a searcher reloads it from there)."""
     return json.loads(json.dumps({
         "model": identity,
         "weights_id": weights_id,
@@ -61,6 +64,7 @@ def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_r
         "metric": "ip",
         "sampling": sampling,
         "ids": {"hash": "blake2b-64", "relative": bool(id_root), "root": id_root},
+        "adapter": {"path": str(Path(adapter_path).expanduser().resolve())} if adapter_path else None,
     }, default=str))
 
 

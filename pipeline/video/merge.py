@@ -17,7 +17,7 @@ from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
 
 __all__ = ["merge_indexes"]
 
-HEADER_KEYS = ("model", "weights_id", "dim", "metric", "sampling", "ids")
+HEADER_KEYS = ("model", "weights_id", "dim", "metric", "sampling", "ids", "adapter")
 
 
 def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[str] | tuple[str, ...] = ()
@@ -39,7 +39,7 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
                               hint="merge only indexes built with the same model and sampling")
     if not any(o.startswith("faiss.factory=") for o in overrides):
         cfg.faiss.factory = manifests[0].get("faiss_spec") or manifests[0].get("faiss_factory") or "flat"
-    header = {k: manifests[0][k] for k in HEADER_KEYS}
+    header = {k: manifests[0].get(k) for k in HEADER_KEYS}  # "adapter": absent before adapters
     manifest = out_layout.open(header, f"index '{layouts[0].root}'")
 
     run_id = new_run_id()
