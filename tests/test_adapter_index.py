@@ -5,6 +5,7 @@ none. The index is written without Ray, by the indexing job's own functions."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import pyarrow as pa
@@ -106,3 +107,21 @@ def test_an_index_with_a_custom_schedule_rebuilds_its_schedule():
     manifest = index_header(encoder.identity(), encoder.weights_id, encoder.embed_dim, {}, None)
     rebuilt = create_video_encoder(model_config_from_manifest(manifest), with_text=False, device="cpu")
     assert rebuilt.identity() == encoder.identity()
+
+
+def test_index_and_search_outputs_say_which_adapter(index, adapters, capsys):
+    from tomeray.pipeline.video import search_cli
+    from tomeray.pipeline.video.layout import adapter_line
+
+    layout, header, _ = index
+    manifest = layout.read_manifest()
+    line = adapter_line(manifest)
+    assert line.startswith("adapter: ") and manifest["model"]["adapter"]["id"] in line
+    assert "ft1" in line and str(adapters[0]) in line
+    assert "none" in adapter_line({**manifest, "model": {k: v for k, v in manifest["model"].items()
+                                                          if k != "adapter"}})
+    assert search_cli.main([str(layout.root), "a clip", "-k", "1", "inference.device=cpu"]) == 0
+    out = capsys.readouterr().out
+    assert line in out and "RANDOM weights" in out
+    assert search_cli.main([str(layout.root), "a clip", "-k", "1", "--json", "inference.device=cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapter"]["name"] == "ft1"

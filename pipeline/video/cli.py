@@ -38,6 +38,8 @@ def print_summary(s: IndexSummary, merged: bool = False) -> None:
                  f"time {s.seconds:.1f} s (decode + embed pipeline {s.pipeline_s:.1f} s), "
                  f"{s.videos_per_s:.2f} videos/s"]
     lines.append(f"index now holds {s.total_rows} rows from {s.total_videos} videos")
+    if s.adapter:
+        lines.append(s.adapter)
     print_report(lines, s.weights_id, "not meaningful for retrieval", s.failures, f"{s.out}/errors")
 
 

@@ -35,7 +35,7 @@ from tomeray.pipeline.core.output import new_run_id
 from tomeray.pipeline.video.config import FaissConfig, IndexConfig
 from tomeray.pipeline.video.discover import discover_videos
 from tomeray.pipeline.video.ids import id_key
-from tomeray.pipeline.video.layout import IndexLayout, index_header
+from tomeray.pipeline.video.layout import IndexLayout, adapter_line, index_header
 from tomeray.pipeline.video.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class IndexSummary:
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
     embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
     failures: list[dict] = field(default_factory=list)  # this run's error rows
+    adapter: str = ""  # layout.adapter_line(): the trained adapter the embeddings were made with
 
     @property
     def exit_code(self) -> int:
@@ -187,7 +188,7 @@ def run_index(
         pipeline_s=pipeline_s, rows=writer.rows_written, total_rows=manifest["counts"]["rows"],
         total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
         decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
-        failures=list(writer.failed.values()),
+        failures=list(writer.failed.values()), adapter=adapter_line(manifest),
     )
     layout.write_run_record(run_id, dataclasses.asdict(summary))
     return summary

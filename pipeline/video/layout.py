@@ -31,7 +31,8 @@ from tomeray.pipeline.core.atomic import atomic_write_parquet
 from tomeray.pipeline.core.errors_table import current_errors, read_error_parts, write_error_part
 from tomeray.pipeline.core.output import JobOutput, check_compatible
 
-__all__ = ["PINNED", "IndexLayout", "check_same_embeddings", "embeddings_schema", "index_header"]
+__all__ = ["PINNED", "IndexLayout", "adapter_line", "check_same_embeddings", "embeddings_schema",
+           "index_header"]
 
 # Manifest paths two sets of embeddings must agree on to be searched or merged together. The id
 # root itself is not pinned: the same corpus may be mounted elsewhere on another machine.
@@ -66,6 +67,15 @@ def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_r
         "ids": {"hash": "blake2b-64", "relative": bool(id_root), "root": id_root},
         "adapter": {"path": str(Path(adapter_path).expanduser().resolve())} if adapter_path else None,
     }, default=str))
+
+
+def adapter_line(manifest: dict) -> str:
+    """``adapter: ...``: which trained adapter an index's embeddings were made with, if any."""
+    adapter = (manifest.get("model") or {}).get("adapter")
+    if not adapter:
+        return "adapter: none (TempMe's training-free form)"
+    path = (manifest.get("adapter") or {}).get("path") or "file not recorded"
+    return f"adapter: {adapter.get('id')} ({adapter.get('name')}, {path})"
 
 
 def check_same_embeddings(a: dict, b: dict, what_a: str, what_b: str,
