@@ -109,7 +109,7 @@ def test_an_index_with_a_custom_schedule_rebuilds_its_schedule():
     assert rebuilt.identity() == encoder.identity()
 
 
-def test_index_and_search_outputs_say_which_adapter(index, adapters, capsys):
+def test_index_and_search_outputs_say_which_adapter(index, adapters, tmp_path, capsys):
     from tomeray.pipeline.video import search_cli
     from tomeray.pipeline.video.layout import adapter_line
 
@@ -125,3 +125,7 @@ def test_index_and_search_outputs_say_which_adapter(index, adapters, capsys):
     assert line in out and "RANDOM weights" in out
     assert search_cli.main([str(layout.root), "a clip", "-k", "1", "--json", "inference.device=cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["adapter"]["name"] == "ft1"
+    moved = shutil.copy(adapters[0], tmp_path / "moved.safetensors")
+    assert search_cli.main([str(layout.root), "a clip", "-k", "1", f"model.adapter={moved}",
+                            "inference.device=cpu"]) == 0
+    assert f"ft1, {moved})" in capsys.readouterr().out  # the file it was loaded from

@@ -185,6 +185,7 @@ def test_the_adapter_indexes_and_searches_and_another_is_refused(cluster, traine
     manifest = IndexLayout(index).read_manifest()
     assert manifest["model"]["adapter"]["id"] == adapter_digest(load_file(layout.adapter_path))
     assert manifest["adapter"]["path"] == str(layout.adapter_path)
+    assert f"adapter: {manifest['model']['adapter']['id']}" in built.stdout
 
     assert search_cli.main([str(index), "the red part 0 of the vtest video", "--json", "-k", "3",
                             "inference.device=cpu"]) == 0
@@ -196,7 +197,7 @@ def test_the_adapter_indexes_and_searches_and_another_is_refused(cluster, traine
     shutil.copyfile(layout.adapter_path, moved)
     assert search_cli.main([str(index), "a tree", "-k", "1", f"model.adapter={moved}",
                             "inference.device=cpu"]) == 0
-    capsys.readouterr()
+    assert f"adapter: {manifest['model']['adapter']['id']}" in capsys.readouterr().out
     other = sorted(layout.run_dir.glob("checkpoint-*"))[0] / "adapter.safetensors"  # an earlier adapter
     assert search_cli.main([str(index), "a tree", f"model.adapter={other}", "inference.device=cpu"]) == 2
     assert "model.adapter.id" in capsys.readouterr().err  # (adding to it: tests/test_adapter_index.py)

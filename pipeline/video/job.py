@@ -134,6 +134,7 @@ def run_index(
     header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root,
                           adapter_path=cfg.model.adapter)
     manifest = layout.open(header)
+    manifest["adapter"] = header["adapter"]  # where the adapter file is now (it may have moved)
     save_config(cfg, layout.config_path)
     if weights_id.startswith("random-init"):
         log.warning("model weights are RANDOM (%s): embeddings are for smoke tests, not retrieval",

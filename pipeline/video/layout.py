@@ -69,12 +69,13 @@ def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_r
     }, default=str))
 
 
-def adapter_line(manifest: dict) -> str:
-    """``adapter: ...``: which trained adapter an index's embeddings were made with, if any."""
+def adapter_line(manifest: dict, path: str | None = None) -> str:
+    """``adapter: ...``: which trained adapter an index's embeddings were made with, if any, and its
+    file (``path``: where it is loaded from now, when not where the manifest recorded it)."""
     adapter = (manifest.get("model") or {}).get("adapter")
     if not adapter:
         return "adapter: none (TempMe's training-free form)"
-    path = (manifest.get("adapter") or {}).get("path") or "file not recorded"
+    path = path or (manifest.get("adapter") or {}).get("path") or "file not recorded"
     return f"adapter: {adapter.get('id')} ({adapter.get('name')}, {path})"
 
 

@@ -70,7 +70,7 @@ def _print(searcher: VideoSearcher, query: str, kind: str, results: list[SearchR
     print(f"index:   {searcher.layout.root} ({len(searcher)} vectors, {factory})")
     print(f"weights: {searcher.weights_id}" + (
         "  (RANDOM weights: scores and rankings are not meaningful)" if searcher.random_weights else ""))
-    print(adapter_line(searcher.manifest))
+    print(adapter_line(searcher.manifest, searcher.model_config.adapter))
     print(f"query:   {query!r} ({kind})")
     print(format_results(results))
 
