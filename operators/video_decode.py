@@ -1,7 +1,8 @@
 """Decode videos into fixed-size clips of uint8 frames with decord (a Ray Data stage run as tasks).
 
 One input row (``path``, ``key``) becomes one output row per clip: the whole video, or in segment
-mode one row per window of ``segment_s`` seconds. Frames are decoded straight to the model's
+mode one row per window of ``segment_s`` seconds; a row that names a time range (finite ``start_s`` and
+``end_s`` columns) becomes one clip of that range. Frames are decoded straight to the model's
 resolution (decord scales while decoding, shorter side -> ``image_size``) and centre-cropped, so a
 row carries ``(T, S, S, 3)`` uint8, not full-size frames, and what producing it cost
 (``decode_cpu_s``, ``decode_wall_s``, ``decode_done_at``: ``operators.worker``); with ``thumbnails``
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from tomeray.models.errors import one_line
+from tomeray.models.errors import InputError, one_line
 from tomeray.models.frames import center_crop, resized_hw, sample_frame_indices
 from tomeray.operators.thumbnail import thumbnail_jpeg
 from tomeray.operators.video_io import (
@@ -55,7 +56,9 @@ __all__ = [
     "VideoDecoder",
     "decode_clips",
     "empty_clip_row",
+    "row_window",
     "segment_windows",
+    "time_window",
 ]
 
 
@@ -86,6 +89,19 @@ def segment_windows(n_frames: int, fps: float, segment_s: float | None) -> list[
     count = max(1, math.ceil(n_frames / step - 1e-9))
     bounds = [min(n_frames, int(round(i * step))) for i in range(count)] + [n_frames]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def time_window(n_frames: int, fps: float, start_s: float, end_s: float) -> tuple[int, int]:
+    """Frame range ``[start, end)`` of the clip from ``start_s`` to ``end_s`` seconds (at least one
+    frame; the end is clamped to the video). Raises when the range is not inside the video."""
+    if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s <= start_s:
+        raise InputError(f"clip range {start_s}-{end_s} s is not a range (0 <= start_s < end_s)")
+    if not math.isfinite(fps) or fps <= 0:
+        raise InputError("the video has no usable frame rate, so a clip's time range cannot be located")
+    start = int(math.floor(start_s * fps + 1e-9))
+    if start >= n_frames:
+        raise InputError(f"clip range starts at {start_s:g} s but the video is {n_frames / fps:.2f} s long")
+    return start, max(start + 1, min(n_frames, int(math.ceil(end_s * fps - 1e-9))))
 
 
 _FFMPEG_LINE = re.compile(r"^\[[\w.,-]+ @ 0x[0-9a-fA-F]+\]\s*(.*\S)?")
@@ -148,10 +164,12 @@ def decode_clips(
     num_threads: int = 1,
     strict: bool = True,
     thumbnails: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in time order. Raises on unreadable or damaged input
     (damage reported by the decoder is ignored when ``strict`` is False). ``thumbnails``: each clip
-    carries a JPEG of its middle sampled frame."""
+    carries a JPEG of its middle sampled frame. ``window``: one clip of that ``(start_s, end_s)``
+    range instead (``segment_s`` is then ignored)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UnreadableVideoError(f"'{path}' does not exist or is not a file")
@@ -171,7 +189,8 @@ def decode_clips(
 
     with _DecoderLog() as log:
         try:
-            for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads, thumbnails):
+            for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads, thumbnails,
+                                window):
                 damaged(log)
                 yield clip
         except UnreadableVideoError as e:
@@ -181,7 +200,8 @@ def decode_clips(
 
 
 def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | None,
-            segment_s: float | None, num_threads: int, thumbnails: bool = False) -> Iterator[Clip]:
+            segment_s: float | None, num_threads: int, thumbnails: bool = False,
+            window: tuple[float, float] | None = None) -> Iterator[Clip]:
     decord = load_decord()
 
     try:
@@ -199,7 +219,8 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
     duration = n_frames / fps if math.isfinite(fps) and fps > 0 else float("nan")
 
     plans = []
-    for start, end in segment_windows(n_frames, fps, segment_s):
+    ranges = [time_window(n_frames, fps, *window)] if window else segment_windows(n_frames, fps, segment_s)
+    for start, end in ranges:
         local = sample_frame_indices(end - start, fps, num_frames, sample_fps)
         plans.append((start, end, local + start))
 
@@ -223,6 +244,14 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
         if number == len(plans) - 1:
             frames_of.close()  # decord's read-ahead thread is joined, so its messages are captured now
         yield clip(start, end, indices, frames)
+
+
+def row_window(start_s, end_s) -> tuple[float, float] | None:
+    """The time range a row names, or None (whole video) when either end is missing or NaN."""
+    if start_s is None or end_s is None:
+        return None
+    start, end = float(start_s), float(end_s)
+    return (start, end) if math.isfinite(start) and math.isfinite(end) else None
 
 
 def empty_clip_row(num_frames: int, image_size: int) -> dict:
@@ -258,14 +287,14 @@ class VideoDecoder:
         self.segment_s = segment_s
         self.num_threads = int(num_threads)
 
-    def rows(self, path: str, key: str) -> Iterator[dict]:
-        """Output rows of one video: one per clip, or a single error row."""
+    def rows(self, path: str, key: str, window: tuple[float, float] | None = None) -> Iterator[dict]:
+        """Output rows of one video (or of its ``window``): one per clip, or a single error row."""
         base = {"path": path, "key": key, "decode_node": node_id(), "error_stage": "", "error_type": "",
                 "error_message": ""}
         emitted = 0
         try:
             for c in decode_clips(path, self.image_size, self.num_frames, self.sample_fps, self.segment_s,
-                                  self.num_threads, self.strict, self.thumbnails):
+                                  self.num_threads, self.strict, self.thumbnails, window):
                 yield {
                     **base,
                     "start_s": c.start_s, "end_s": c.end_s, "duration_s": c.duration_s, "fps": c.fps,
@@ -284,8 +313,12 @@ class VideoDecoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         load_decord()  # the worker's first call imports the decoder: start-up, not a video's cost
-        for path, key in zip(batch["path"], batch["key"]):
-            for row, cost in timed_steps(self.rows(str(path), str(key))):  # cost columns: operators.worker
+        n = len(batch["path"])
+        starts = batch.get("start_s", np.full(n, np.nan))
+        ends = batch.get("end_s", np.full(n, np.nan))
+        for path, key, start, end in zip(batch["path"], batch["key"], starts, ends):
+            rows = self.rows(str(path), str(key), row_window(start, end))
+            for row, cost in timed_steps(rows):  # cost columns: operators.worker
                 yield _as_batch([{**row, "decode_cpu_s": cost.cpu_s, "decode_wall_s": cost.wall_s,
                                   "decode_done_at": cost.done_at}])
 

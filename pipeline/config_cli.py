@@ -15,6 +15,8 @@ JOBS = {
     "search": ("tomeray.pipeline.video.config", "SearchConfig", "search"),
     "serve": ("tomeray.pipeline.video.serve.config", "ServeConfig", "serve"),
     "reconstruct": ("tomeray.pipeline.reconstruction.config", "ReconConfig", "reconstruct"),
+    "train": ("tomeray.pipeline.training.config", "TrainConfig", "train"),
+    "eval-retrieval": ("tomeray.pipeline.training.config", "EvalConfig", "eval_retrieval"),
 }
 
 

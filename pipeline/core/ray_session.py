@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 __all__ = ["init_ray"]
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Initialise Ray unless it already is. ``address`` wins over ``RAY_ADDRESS``; with neither (or
-    ``local``), a local cluster starts (``num_cpus`` caps it, for tests and small machines). A cluster
-    that refuses this process (token, address, versions) raises ``ClusterError``."""
+    ``local``), a local cluster starts (``num_cpus`` caps it, for tests and small machines), with the
+    dashboard when ``dashboard`` (Ray Train watches its actors through the dashboard's state API). A
+    cluster that refuses this process (token, address, versions) raises ``ClusterError``."""
     import ray
 
     if ray.is_initialized():
@@ -29,7 +30,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address and address != "local":
         connect_cluster(address)
         return
-    kwargs: dict = {"log_to_driver": True, "include_dashboard": False}
+    kwargs: dict = {"log_to_driver": True, "include_dashboard": dashboard}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     log.info("starting a local Ray cluster")

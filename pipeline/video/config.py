@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from tomeray.models.device import InferenceConfig
@@ -11,7 +12,12 @@ from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.core.graph import ActorPoolConfig, RayJobConfig
 
 __all__ = ["FaissConfig", "IndexConfig", "IndexOutputConfig", "InputConfig",
-           "SamplingConfig", "SearchConfig", "SearchModelConfig"]
+           "SamplingConfig", "SearchConfig", "SearchModelConfig", "absolute_path"]
+
+
+def absolute_path(path: str | None) -> str | None:
+    """A file named on the command line, absolute: Ray workers may run in another working directory."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
 @dataclass
@@ -56,6 +62,9 @@ class IndexConfig:
     faiss: FaissConfig = field(default_factory=FaissConfig)
     output: IndexOutputConfig = field(default_factory=IndexOutputConfig)
 
+    def __post_init__(self):
+        self.model.adapter = absolute_path(self.model.adapter)
+
     def sampling_header(self) -> dict:
         """The sampling settings an index pins (its rows depend on them)."""
         return {"fps": self.sampling.fps, "segment_s": float(self.sampling.segment_s or 0.0),
@@ -67,6 +76,10 @@ class SearchModelConfig:
     """Model settings a search may give; the result must still be the index's own model (checked)."""
 
     pretrained: str | None = None  # None: the weights the index was built with (from its manifest)
+    adapter: str | None = None  # None: the adapter the index was built with (its manifest says where)
+
+    def __post_init__(self):
+        self.adapter = absolute_path(self.adapter)
 
 
 @dataclass

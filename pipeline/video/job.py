@@ -38,7 +38,7 @@ from tomeray.pipeline.core.timing import run_costs, startup_timeline
 from tomeray.pipeline.video.config import FaissConfig, IndexConfig
 from tomeray.pipeline.video.discover import discover_videos
 from tomeray.pipeline.video.ids import id_key
-from tomeray.pipeline.video.layout import IndexLayout, index_header
+from tomeray.pipeline.video.layout import IndexLayout, adapter_line, index_header
 from tomeray.pipeline.video.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class IndexSummary:
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
     embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
     failures: list[dict] = field(default_factory=list)  # this run's error rows
+    adapter: str = ""  # layout.adapter_line(): the trained adapter the embeddings were made with
 
     @property
     def exit_code(self) -> int:
@@ -169,8 +170,10 @@ def run_index(
             init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
             marks["ray_ready_at"] = time.time()
         identity, weights_id, dim, image_size = facts.result()
-    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root)
+    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root,
+                          adapter_path=cfg.model.adapter)
     manifest = layout.open(header)
+    manifest["adapter"] = header["adapter"]  # where the adapter file is now (it may have moved)
     save_config(cfg, layout.config_path)
     if weights_id.startswith("random-init"):
         log.warning("model weights are RANDOM (%s): embeddings are for smoke tests, not retrieval",
@@ -242,7 +245,7 @@ def run_index(
         pipeline_s=pipeline_s, rows=writer.rows_written, total_rows=manifest["counts"]["rows"],
         total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
         decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
-        failures=list(writer.failed.values()),
+        failures=list(writer.failed.values()), adapter=adapter_line(manifest),
         first_embedding_s=startup.get("embed_done_at", float("nan")), startup=startup,
         startup_cpu=startup_cpu, costs=costs,
     )

@@ -35,8 +35,8 @@ from tomeray.pipeline.core.atomic import atomic_write_parquet, atomic_write_with
 from tomeray.pipeline.core.errors_table import current_errors, read_error_parts, write_error_part
 from tomeray.pipeline.core.output import JobOutput, check_compatible
 
-__all__ = ["PINNED", "THUMBNAIL_ROW_GROUP", "IndexLayout", "check_same_embeddings", "embeddings_schema",
-           "index_header", "thumbnails_schema"]
+__all__ = ["PINNED", "THUMBNAIL_ROW_GROUP", "IndexLayout", "adapter_line", "check_same_embeddings",
+           "embeddings_schema", "index_header", "thumbnails_schema"]
 
 # Manifest paths two sets of embeddings must agree on to be searched or merged together. The id
 # root itself is not pinned: the same corpus may be mounted elsewhere on another machine.
@@ -66,8 +66,11 @@ def thumbnails_schema() -> pa.Schema:
     return pa.schema([("video_id", pa.int64()), ("thumbnail", pa.binary())])
 
 
-def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None) -> dict:
-    """The pinned part of a manifest, in its JSON form (so it compares equal to a stored one)."""
+def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None,
+                 adapter_path: str | None = None) -> dict:
+    """The pinned part of a manifest, in its JSON form (so it compares equal to a stored one), plus
+    where the model's adapter file was (``adapter.path``, not pinned: the adapter's identity is part
+    of ``model``, and the file may move; a searcher reloads it from there)."""
     return json.loads(json.dumps({
         "model": identity,
         "weights_id": weights_id,
@@ -75,7 +78,18 @@ def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_r
         "metric": "ip",
         "sampling": sampling,
         "ids": {"hash": "blake2b-64", "relative": bool(id_root), "root": id_root},
+        "adapter": {"path": str(Path(adapter_path).expanduser().resolve())} if adapter_path else None,
     }, default=str))
+
+
+def adapter_line(manifest: dict, path: str | None = None) -> str:
+    """``adapter: ...``: which trained adapter an index's embeddings were made with, if any, and its
+    file (``path``: where it is loaded from now, when not where the manifest recorded it)."""
+    adapter = (manifest.get("model") or {}).get("adapter")
+    if not adapter:
+        return "adapter: none (TempMe's training-free form)"
+    path = path or (manifest.get("adapter") or {}).get("path") or "file not recorded"
+    return f"adapter: {adapter.get('id')} ({adapter.get('name')}, {path})"
 
 
 def check_same_embeddings(a: dict, b: dict, what_a: str, what_b: str,

@@ -13,11 +13,11 @@ from tomeray.pipeline.core.config import load_config
 from tomeray.pipeline.core.output import new_run_id
 from tomeray.pipeline.video.config import IndexConfig
 from tomeray.pipeline.video.job import IndexSummary, completed_paths, finish_index
-from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
+from tomeray.pipeline.video.layout import IndexLayout, adapter_line, check_same_embeddings
 
 __all__ = ["merge_indexes"]
 
-HEADER_KEYS = ("model", "weights_id", "dim", "metric", "sampling", "ids")
+HEADER_KEYS = ("model", "weights_id", "dim", "metric", "sampling", "ids", "adapter")
 
 
 def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[str] | tuple[str, ...] = ()
@@ -39,7 +39,7 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
                               hint="merge only indexes built with the same model and sampling")
     if not any(o.startswith("faiss.factory=") for o in overrides):
         cfg.faiss.factory = manifests[0].get("faiss_spec") or manifests[0].get("faiss_factory") or "flat"
-    header = {k: manifests[0][k] for k in HEADER_KEYS}
+    header = {k: manifests[0].get(k) for k in HEADER_KEYS}  # "adapter": absent before adapters
     manifest = out_layout.open(header, f"index '{layouts[0].root}'")
 
     run_id = new_run_id()
@@ -68,7 +68,7 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
         indexed=len(added_paths), skipped=duplicates, failed=manifest["counts"]["errors"],
         seconds=time.perf_counter() - started, videos_per_s=0.0, weights_id=manifest["weights_id"],
         rows=added_rows, total_rows=manifest["counts"]["rows"], total_videos=manifest["counts"]["videos"],
-        out=str(out_layout.root), run_id=run_id,
+        out=str(out_layout.root), run_id=run_id, adapter=adapter_line(manifest),
     )
     out_layout.write_run_record(run_id, {**dataclasses.asdict(summary),
                                          "merged_from": [str(s.root) for s in layouts]})

@@ -66,10 +66,11 @@ class SearchResult:
 def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
     """The ``VideoModelConfig`` that re-creates the encoder an index was built with.
 
-    Derived from the manifest's model identity: architecture, preset and frame count, and the
-    weights from ``weights_id`` (``open_clip:<arch>/<tag>``, ``file:<path>#sha256=...`` or
-    ``random-init(seed=<n>)``). ``overrides`` replace fields (any change must still give the same
-    identity, which the searcher checks)."""
+    Derived from the manifest's model identity: architecture, preset and frame count, the weights
+    from ``weights_id`` (``open_clip:<arch>/<tag>``, ``file:<path>#sha256=...`` or
+    ``random-init(seed=<n>)``), and for an index built with an adapter the adapter file recorded in
+    the manifest (``adapter.path``). ``overrides`` replace fields, e.g. ``adapter`` for an adapter
+    file that moved (any change must still give the same identity, which the searcher checks)."""
     from tomeray.models.tempme import VideoModelConfig
 
     model = manifest.get("model")
@@ -79,6 +80,8 @@ def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
     weights_id = str(model.get("weights_id") or manifest.get("weights_id") or "")
     fields = {"arch": model["arch"], "preset": model.get("preset", "tempme"),
               "num_frames": int(model.get("num_frames", 12))}
+    if fields["preset"] == "custom":  # a schedule given in the config: the identity holds it
+        fields["schedule"] = model.get("schedule")
     if match := re.fullmatch(r"random-init\(seed=(-?\d+)\)", weights_id):
         fields.update(pretrained="none", seed=int(match.group(1)))
     elif match := (re.fullmatch(r"open_clip:[^/]+/(.+)", weights_id)
@@ -87,6 +90,12 @@ def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
     elif not (overrides or {}).get("pretrained"):
         raise InputError(f"cannot tell which weights built this index (weights_id {weights_id!r}); "
                          "pass them explicitly (model override pretrained=...)")
+    if model.get("adapter"):
+        recorded = (manifest.get("adapter") or {}).get("path")
+        if not recorded and not (overrides or {}).get("adapter"):
+            raise InputError(f"the index was built with adapter {model['adapter'].get('id')} but its "
+                             "manifest does not say where the file is; pass it (model override adapter=PATH)")
+        fields["adapter"] = recorded
     valid = {f.name for f in dataclasses.fields(VideoModelConfig)}
     for key, value in (overrides or {}).items():
         if key not in valid:
