@@ -62,7 +62,7 @@ class ClipDecoder:
         """(frames, mask) of one clip; raises on a bad video."""
         # consumed to the end: the decoder's damage checks run when the video is done
         clips = list(decode_clips(path, self.image_size, self.num_frames, self.sample_fps, None,
-                                  self.num_threads, self.strict, window))
+                                  self.num_threads, self.strict, window=window))
         if not clips:
             raise UnreadableVideoError("the video has no frames")
         clip = clips[0]

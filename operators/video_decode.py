@@ -163,6 +163,7 @@ def decode_clips(
     segment_s: float | None = None,
     num_threads: int = 1,
     strict: bool = True,
+    *,
     thumbnails: bool = False,
     window: tuple[float, float] | None = None,
 ) -> Iterator[Clip]:
@@ -294,7 +295,8 @@ class VideoDecoder:
         emitted = 0
         try:
             for c in decode_clips(path, self.image_size, self.num_frames, self.sample_fps, self.segment_s,
-                                  self.num_threads, self.strict, self.thumbnails, window):
+                                  self.num_threads, self.strict, thumbnails=self.thumbnails,
+                                  window=window):
                 yield {
                     **base,
                     "start_s": c.start_s, "end_s": c.end_s, "duration_s": c.duration_s, "fps": c.fps,
