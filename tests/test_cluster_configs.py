@@ -19,14 +19,17 @@ import yaml
 from readme_blocks import README, commands, job_entrypoint
 from tomeray.pipeline.core.config import load_config, split_overrides
 from tomeray.pipeline.reconstruction.config import ReconConfig
+from tomeray.pipeline.training.config import TrainConfig
 from tomeray.pipeline.video.config import IndexConfig
 from tomeray.pipeline.video.serve.config import ServeConfig
 
 CLUSTER = Path(__file__).resolve().parents[1] / "configs" / "cluster"
 JOBS = {"tomeray.jobs.index_videos": (IndexConfig, "index"),
         "tomeray.jobs.reconstruct_scenes": (ReconConfig, "reconstruct"),
-        "tomeray.jobs.serve_search": (ServeConfig, "serve")}
-OUTPUT_JOBS = ("tomeray.jobs.index_videos", "tomeray.jobs.reconstruct_scenes")  # write to --out
+        "tomeray.jobs.serve_search": (ServeConfig, "serve"),
+        "tomeray.jobs.train_tempme": (TrainConfig, "train")}
+OUTPUT_JOBS = ("tomeray.jobs.index_videos", "tomeray.jobs.reconstruct_scenes",  # write to --out
+               "tomeray.jobs.train_tempme")
 
 
 def check_entrypoint(words: list[str]):
