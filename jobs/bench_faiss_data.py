@@ -106,7 +106,8 @@ def write_shards(folder: Path, mixture: Mixture, n: int, shard_rows: int, first_
     for i, start in enumerate(range(0, n, shard_rows)):
         rows = min(shard_rows, n - start)
         path = folder / f"part-{name}-{i:05d}.parquet"
-        write_shard(path, np.arange(first_id + start, first_id + start + rows), mixture.draw(rows, stream + i))
+        ids = np.arange(first_id + start, first_id + start + rows)
+        write_shard(path, ids, mixture.draw(rows, stream + i))
         paths.append(path)
     return paths
 

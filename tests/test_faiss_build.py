@@ -79,7 +79,8 @@ def test_incremental_adds_equal_a_fresh_build_with_the_same_trained_parts(tmp_pa
     else:
         np.testing.assert_array_equal(got[1], expected[1])
         np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
-    assert np.array_equal(index_ids(load_index(tmp_path / "index.faiss", ondisk=True)), np.arange(6000) * 10 + 1)
+    ids = index_ids(load_index(tmp_path / "index.faiss", ondisk=True))
+    assert np.array_equal(ids, np.arange(6000) * 10 + 1)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "emb") == sorted(
         ["index.faiss", trained.name, trained.with_suffix(".json").name]
         + ([second["ondisk"]] if second["ondisk"] else []))
@@ -149,8 +150,8 @@ def test_mismatched_trained_parts_are_refused(tmp_path, data):
     base, _ = data
     shards_of(tmp_path / "emb", base, [(0, 1000)])
     entry = build(tmp_path, FaissConfig(factory="IVF8,Flat"))
-    with pytest.raises(InputError, match=r"trained for 16-d vectors with metric ip, but the embeddings are 8-d "
-                                         r"with metric ip.*faiss.retrain=true"):
+    with pytest.raises(InputError, match=r"trained for 16-d vectors with metric ip, but the embeddings "
+                                         r"are 8-d with metric ip.*faiss.retrain=true"):
         update_faiss(tmp_path / "index.faiss", [], FaissConfig(factory="IVF8,Flat"), dim=8, prior=entry)
     with pytest.raises(InputError, match="with metric ip, but the embeddings are 16-d with metric l2"):
         update_faiss(tmp_path / "index.faiss", [], FaissConfig(factory="IVF8,Flat"), dim=DIM, metric="l2",

@@ -255,3 +255,15 @@ def test_fingerprints_tell_trained_parts_apart():
     assert fi.trained_fingerprint(pq[0]) != fi.trained_fingerprint(pq[1])
     flat, hnsw = (fi.build_index(x, np.arange(2000), f) for f in ("flat", "hnsw"))
     assert fi.trained_fingerprint(flat) != fi.trained_fingerprint(hnsw)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ4x4np,Refine(SQ8)"])
+def test_a_template_sent_to_a_worker_trains_like_the_original(factory):
+    """Training settings FAISS does not save (spherical k-means for inner product, PQ sampling)
+    are set when training, so a serialised copy of an untrained index trains to the same parts."""
+    sample = unit(1024, 16)
+    original, concrete = fi.new_index(factory, 8000, 16, "ip")
+    copy = fi.deserialize_index(fi.serialize_index(original))
+    for index in (original, copy):
+        fi.train_index(index, sample, concrete, use_gpu="never")
+    assert fi.trained_fingerprint(copy) == fi.trained_fingerprint(original)

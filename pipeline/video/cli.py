@@ -38,6 +38,12 @@ def print_summary(s: IndexSummary, merged: bool = False) -> None:
                  f"time {s.seconds:.1f} s (decode + embed pipeline {s.pipeline_s:.1f} s), "
                  f"{s.videos_per_s:.2f} videos/s"]
     lines.append(f"index now holds {s.total_rows} rows from {s.total_videos} videos")
+    if s.faiss.get("build"):
+        b = s.faiss["build"]
+        why = f": {b['reason']}" if b.get("reason") else ""
+        lines.append(f"FAISS {s.faiss['factory']}: {b['mode']}{why}; {b['added']} vectors added, "
+                     f"{b['removed']} removed, {s.faiss['ntotal']} in all "
+                     f"(trained on {s.faiss['trained_on']})")
     print_report(lines, s.weights_id, "not meaningful for retrieval", s.failures, f"{s.out}/errors")
 
 

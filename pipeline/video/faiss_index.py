@@ -166,8 +166,6 @@ def new_index(factory: str, n: int, dim: int, metric: str = "ip") -> tuple[faiss
     for part in _components(inner):
         if isinstance(part, faiss.IndexHNSW):
             part.hnsw.efSearch = HNSW_EF_SEARCH
-        if isinstance(part, faiss.IndexIVFPQ):
-            part.pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
     if isinstance(inner, faiss.IndexRefine):
         inner.k_factor = REFINE_K_FACTOR
     return faiss.IndexIDMap(inner), concrete  # (FAISS's wrapper keeps ``inner`` alive with it)
@@ -191,6 +189,11 @@ def train_index(index: faiss.Index, sample: np.ndarray, factory: str = "",
     With a GPU, the k-means of IVF training runs on it."""
     if index.is_trained:
         return
+    for part in _components(inner_index(index)):  # training settings are not saved with an index:
+        if isinstance(part, faiss.IndexIVF):      # set them here, so a copy sent to a worker trains alike
+            part.cp.spherical = part.metric_type == faiss.METRIC_INNER_PRODUCT  # (as the factory does)
+        if isinstance(part, faiss.IndexIVFPQ):
+            part.pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
     ivf = ivf_or_none(index)
     if ivf is not None and resolve_use_gpu(use_gpu):
         flat = faiss.IndexFlatIP(index.d) if ivf.metric_type == faiss.METRIC_INNER_PRODUCT \

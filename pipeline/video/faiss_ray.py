@@ -75,19 +75,31 @@ def train_on_worker(template, sample: np.ndarray, factory: str, use_gpu: str, cp
     return deserialize_index(trained), node
 
 
-def encode_on_workers(template, groups: list, read: Callable, workers: int,
-                      cpus_per_task: int = 1) -> Iterator[tuple[object, str]]:
-    """(part, node id) for each group, in group order; ``read(group)`` gives (vectors, ids)."""
+def _cpu_nodes(cpus: int) -> list[str]:
     import ray
 
+    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus]
+
+
+def encode_on_workers(template, groups: list, read: Callable, workers: int,
+                      cpus_per_task: int = 1) -> Iterator[tuple[object, str]]:
+    """(part, node id) for each group, in group order; ``read(group)`` gives (vectors, ids).
+    Groups go round the nodes that can run a task (soft affinity: a busy or lost node's group
+    runs elsewhere), so every node encodes even when groups are quick."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     task = ray.remote(num_cpus=cpus_per_task)(_encode_task)
+    nodes = _cpu_nodes(cpus_per_task)
     template_ref = ray.put(serialize_index(template))
     in_flight: dict[int, object] = {}
     submitted = 0
     for position in range(len(groups)):
         while submitted < len(groups) and len(in_flight) < workers:
             vectors, ids = read(groups[submitted])
-            in_flight[submitted] = task.remote(template_ref, vectors, ids, cpus_per_task)
+            options = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+                nodes[submitted % len(nodes)], soft=True)} if nodes else {}
+            in_flight[submitted] = task.options(**options).remote(template_ref, vectors, ids, cpus_per_task)
             del vectors, ids  # the object store holds the group now
             submitted += 1
         data, node = ray.get(in_flight.pop(position))

@@ -39,7 +39,7 @@ from tomeray.pipeline.video.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IndexSummary", "completed_paths", "finish_index", "run_index"]
+__all__ = ["IndexSummary", "completed_paths", "faiss_summary", "finish_index", "run_index"]
 
 
 @dataclass
@@ -59,6 +59,7 @@ class IndexSummary:
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
     embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
     failures: list[dict] = field(default_factory=list)  # this run's error rows
+    faiss: dict = field(default_factory=dict)  # what the FAISS build did (faiss_summary)
 
     @property
     def exit_code(self) -> int:
@@ -108,6 +109,13 @@ def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, bu
               "errors": errors.num_rows}
     return layout.finish(manifest, faiss=entry, faiss_factory=entry["factory"] if entry else None,
                          faiss_spec=faiss_cfg.factory, counts=counts)
+
+
+def faiss_summary(manifest: dict) -> dict:
+    """The manifest's FAISS record without its bookkeeping: for run records and the report."""
+    entry = manifest.get("faiss") or {}
+    keys = ("factory", "ntotal", "trained_on", "bytes_per_vector", "build")
+    return {k: entry[k] for k in keys if k in entry}
 
 
 def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
@@ -189,7 +197,7 @@ def run_index(
         pipeline_s=pipeline_s, rows=writer.rows_written, total_rows=manifest["counts"]["rows"],
         total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
         decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
-        failures=list(writer.failed.values()),
+        failures=list(writer.failed.values()), faiss=faiss_summary(manifest),
     )
     layout.write_run_record(run_id, dataclasses.asdict(summary))
     return summary
