@@ -239,21 +239,3 @@ def test_an_index_built_without_faiss_is_searched_exactly(index_dir, searcher, t
     exact = search.VideoSearcher(copy, device="cpu")
     queries = searcher.encode_text(["a tree", "a street"])
     assert exact.search_embeddings(queries, k=3) == searcher.search_embeddings(queries, k=3)
-
-
-def test_metadata_comes_from_the_mapped_file_and_falls_back_to_the_table(index_dir, searcher, tmp_path):
-    from tomeray.pipeline.video.metadata import METADATA_COLUMNS, write_metadata
-
-    queries = searcher.encode_text(["a tree", "a street"])
-    expected = searcher.search_embeddings(queries, k=3)
-    relabelled = shutil.copytree(index_dir, tmp_path / "relabelled")
-    table = IndexLayout(relabelled).read_embeddings(METADATA_COLUMNS)
-    renamed = table.set_column(1, "path", pa.array(["/mapped" + p for p in table["path"].to_pylist()]))
-    write_metadata(relabelled / "metadata.bin", renamed)  # the searcher reads paths from this file
-    got = search.VideoSearcher(relabelled, device="cpu").search_embeddings(queries, k=3)
-    assert [[r.path for r in rs] for rs in got] == [["/mapped" + r.path for r in rs] for rs in expected]
-
-    write_metadata(relabelled / "metadata.bin", renamed.slice(0, 2))  # stale: fewer rows than the manifest
-    assert search.VideoSearcher(relabelled, device="cpu").search_embeddings(queries, k=3) == expected
-    (relabelled / "metadata.bin").unlink()  # an index from before the file existed
-    assert search.VideoSearcher(relabelled, device="cpu").search_embeddings(queries, k=3) == expected

@@ -90,9 +90,8 @@ def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, bu
     The manifest's ``faiss`` entry records the index; ``faiss_factory`` / ``faiss_spec`` are kept
     for readers of older manifests."""
     from tomeray.pipeline.video.faiss_build import faiss_entry, remove_faiss_files, update_faiss
-    from tomeray.pipeline.video.metadata import METADATA_COLUMNS, write_metadata
 
-    table = layout.read_embeddings(METADATA_COLUMNS)
+    table = layout.read_embeddings(["video_id", "path"])
     entry = None
     if build_faiss:
         prior = faiss_entry(manifest)
@@ -105,7 +104,6 @@ def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, bu
                              before_ondisk_swap=mark_ondisk)
     else:  # a FAISS file from an earlier run would silently miss the new rows
         remove_faiss_files(layout.faiss_path)
-    write_metadata(layout.metadata_path, table)  # before the manifest: searchers check its row count
     errors = layout.read_errors(done_paths=done_paths)
     counts = {"rows": table.num_rows, "videos": len(set(table["path"].to_pylist())),
               "errors": errors.num_rows}

@@ -7,7 +7,6 @@
 <root>/embeddings/part-*.parquet  one row per video (or per window in segment mode)
 <root>/errors/part-*.parquet      inputs that failed (pipeline.core.errors_table)
 <root>/index.faiss                IDMap2 over video_id
-<root>/metadata.bin               path and times by video_id, memory-mapped by searchers (metadata.py)
 ```
 
 Shards are immutable and named ``part-<run id>-<seq>.parquet``, so the lexicographic order of
@@ -86,7 +85,6 @@ class IndexLayout(JobOutput):
         self.embeddings_dir = self.root / "embeddings"
         self.errors_dir = self.root / "errors"
         self.faiss_path = self.root / "index.faiss"
-        self.metadata_path = self.root / "metadata.bin"
 
     def has_results(self) -> bool:
         return bool(self.embedding_shards())

@@ -31,11 +31,12 @@ from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry
 from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index, search_index
 from tomeray.pipeline.video.faiss_runtime import available_memory
 from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
-from tomeray.pipeline.video.metadata import METADATA_COLUMNS, MetadataLookup
 
 __all__ = ["SearchResult", "VideoSearcher", "check_k", "is_video_query", "model_config_from_manifest"]
 
 log = logging.getLogger(__name__)
+
+METADATA_COLUMNS = ["video_id", "path", "start_s", "end_s", "duration_s"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,42 +156,16 @@ class VideoSearcher:
         return build_index(vectors, table["video_id"].to_numpy(), "flat", use_gpu="never")
 
     def _load_metadata(self) -> None:
-        """Metadata by id: the memory-mapped ``metadata.bin`` when it matches the manifest's row count
-        (``pipeline.video.metadata``); else (an index from an older tomeray) the table, in memory."""
-        rows = int((self.manifest.get("counts") or {}).get("rows", -1))
-        self._lookup = None
-        if self.layout.metadata_path.is_file():
-            try:
-                lookup = MetadataLookup(self.layout.metadata_path)
-            except (OSError, ValueError) as e:
-                log.warning("%s; reading the metadata table instead", e)
-            else:
-                if len(lookup) == rows:
-                    self._lookup = lookup
-                else:
-                    lookup.close()
-        if self._lookup is None:
-            table = self.layout.read_embeddings(METADATA_COLUMNS)
-            ids = table["video_id"].to_numpy()
-            order = np.argsort(ids, kind="stable")
-            self._ids = ids[order]
-            self._meta = {name: table[name].to_numpy(zero_copy_only=False)[order]
-                          for name in METADATA_COLUMNS[1:]}
-        n_meta = len(self._lookup) if self._lookup is not None else len(self._ids)
-        if self.index.ntotal != n_meta:
+        table = self.layout.read_embeddings(METADATA_COLUMNS)
+        ids = table["video_id"].to_numpy()
+        order = np.argsort(ids, kind="stable")
+        self._ids = ids[order]
+        self._meta = {name: table[name].to_numpy(zero_copy_only=False)[order]
+                      for name in METADATA_COLUMNS[1:]}
+        if self.index.ntotal != len(self._ids):
             log.warning("FAISS index holds %d vectors but the metadata %d rows; results without "
                         "metadata are left out (rerun 'tomeray index' to rebuild the index)",
-                        self.index.ntotal, n_meta)
-
-    def _row(self, video_id: int) -> tuple[str, float, float, float] | None:
-        if self._lookup is not None:
-            return self._lookup.get(video_id)
-        row = int(np.searchsorted(self._ids, video_id))
-        if row >= len(self._ids) or self._ids[row] != video_id:
-            return None
-        m = self._meta
-        return (str(m["path"][row]), float(m["start_s"][row]), float(m["end_s"][row]),
-                float(m["duration_s"][row]))
+                        self.index.ntotal, len(self._ids))
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -272,10 +247,13 @@ class VideoSearcher:
         for score, video_id in zip(scores, ids):
             if video_id < 0:
                 continue  # fewer neighbours found than asked for
-            row = self._row(int(video_id))
-            if row is None:
+            row = int(np.searchsorted(self._ids, video_id))
+            if row >= len(self._ids) or self._ids[row] != video_id:
                 continue  # in the FAISS index but not in the metadata (stale index)
-            results.append(SearchResult(len(results) + 1, float(score), int(video_id), *row))
+            m = self._meta
+            results.append(SearchResult(len(results) + 1, float(score), int(video_id), str(m["path"][row]),
+                                        float(m["start_s"][row]), float(m["end_s"][row]),
+                                        float(m["duration_s"][row])))
         return results
 
 
