@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything tomeray needs on a fresh Debian/Ubuntu machine: the opencv-doc sample media
-# and python3-venv (apt, only when missing), a virtual environment in .venv, and tomeray with its
-# test extras (pip). Safe to run again: it only adds what is missing.
+# Installs everything tomeray needs on a fresh Debian/Ubuntu machine: the opencv-doc sample media,
+# python3-venv, and Chromium with its WebDriver for the search page's browser tests (apt, only when
+# missing), a virtual environment in .venv, and tomeray with its test extras (pip). Safe to run
+# again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 apt_packages=()
 [ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || apt_packages+=(opencv-doc)
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
+command -v chromium >/dev/null || apt_packages+=(chromium)
+command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing with apt-get: ${apt_packages[*]}"
   $SUDO apt-get update -qq

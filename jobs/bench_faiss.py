@@ -62,7 +62,8 @@ def _child_build(spec: dict) -> dict:
     out = Path(spec["out"])
     record = out / "entry.json"
     prior = json.loads(record.read_text()) if record.is_file() else None
-    cfg = FaissConfig(factory=spec["factory"], **spec.get("faiss", {}))
+    cfg = FaissConfig(factory=spec["factory"], use_gpu="always" if spec.get("gpu") else "never",
+                      **spec.get("faiss", {}))
     start = time.perf_counter()
     entry = update_faiss(out / "index.faiss", [Path(p) for p in spec["shards"]], cfg, dim=spec["dim"],
                          prior=prior)
@@ -74,11 +75,13 @@ def _child_build(spec: dict) -> dict:
 
 def _child_search(spec: dict) -> dict:
     import faiss
-    from tomeray.pipeline.video.faiss_index import load_index, search_index
+    from tomeray.pipeline.video.faiss_index import index_to_device, load_index, search_index
 
     entry = spec["entry"]
     index = load_index(Path(spec["out"]) / "index.faiss", mmap=spec["mmap"], factory=entry["factory"],
                        ondisk=bool(entry.get("ondisk")))
+    if spec.get("gpu"):
+        index = index_to_device(index, "always")
     loaded = _memory_mb()
     queries = np.load(spec["queries"])
     search_index(index, queries[:8], 10)  # warm-up: thread pool, first page faults
@@ -117,10 +120,10 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 class _Bench:
-    def __init__(self, work: Path, n: int, dim: int, n_queries: int, seed: int):
+    def __init__(self, work: Path, n: int, dim: int, n_queries: int, seed: int, gpu: bool = False):
         from tomeray.jobs.bench_faiss_data import Mixture, write_shards
 
-        self.work, self.dim = work, dim
+        self.work, self.dim, self.gpu = work, dim, gpu
         mixture = Mixture(n, dim, seed)
         shard_rows = min(50_000, -(-n // SHARDS_PER_CORPUS))
         self.shards = write_shards(work / "data", mixture, n, shard_rows)
@@ -146,13 +149,13 @@ class _Bench:
     def build(self, name: str, factory: str, shards: list[Path], **extra) -> tuple[Path, dict]:
         out = self.work / name
         result = _run_child({"op": "build", "out": str(out), "factory": factory, "dim": self.dim,
-                             "shards": [str(p) for p in shards], **extra})
+                             "shards": [str(p) for p in shards], "gpu": self.gpu, **extra})
         return out, result
 
     def search(self, out: Path, entry: dict, shards: list[Path], mmap: bool = False,
                single_queries: int = 1000) -> dict:
         found = out / "found.npy"
-        result = _run_child({"op": "search", "out": str(out), "entry": entry, "mmap": mmap,
+        result = _run_child({"op": "search", "out": str(out), "entry": entry, "mmap": mmap, "gpu": self.gpu,
                              "queries": str(self.queries), "found": str(found),
                              "single_queries": single_queries})
         result["recall_at_10"] = _recall(np.load(found), self.truth(shards))
@@ -161,14 +164,15 @@ class _Bench:
 
 def run_faiss_bench(n: int, dim: int = 512, n_queries: int = 1000, *, presets: tuple[str, ...] = PRESETS,
                     max_n: dict | None = None, seed: int = 0, distributed_n: int | None = None,
-                    incremental: bool = True, mmap: bool = True, work: Path | None = None) -> list[dict]:
+                    incremental: bool = True, mmap: bool = True, work: Path | None = None,
+                    use_gpu: bool = False) -> list[dict]:
     """The rows described in the module doc. ``max_n``: a smaller corpus for some index types
     (``{"hnsw": 300000}``: its build does not fit the time), measured against a Flat search over
     the same smaller corpus. ``distributed_n``: corpus of the 1-vs-2-workers rows (0: none)."""
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="bench-faiss-")) if own else Path(work)
     try:
-        bench = _Bench(work, n, dim, n_queries, seed)
+        bench = _Bench(work, n, dim, n_queries, seed, gpu=use_gpu)
         rows, flat_ms = [], {}
         raw_mb = lambda rows_: rows_ * dim * 4 / 2**20  # noqa: E731
         for preset in ("flat", *presets):
@@ -279,7 +283,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="corpus vectors (default 200000)")
     parser.add_argument("--dim", type=int, default=512)
@@ -290,9 +294,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: --n; 0: skip them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--gpu", action="store_true", help="train and search on the GPU (needs faiss-gpu)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps({"build": _child_build, "search": _child_search}[spec["op"]](spec)))
@@ -301,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     presets = tuple(p for p in args.presets.split(",") if p)
     rows = run_faiss_bench(args.n, args.dim, args.queries, presets=presets, max_n=max_n, seed=args.seed,
-                           distributed_n=args.distributed_n, work=args.work)
+                           distributed_n=args.distributed_n, work=args.work, use_gpu=args.gpu)
     import faiss
 
     print(f"FAISS {faiss.__version__}, {os.cpu_count()} CPUs, {args.queries} queries; recall and speed "

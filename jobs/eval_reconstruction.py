@@ -18,8 +18,8 @@ import argparse
 import math
 import sys
 
-from tomeray.models.errors import TomerayError
 from tomeray.pipeline.core.atomic import atomic_write_json
+from tomeray.pipeline.core.runner import run_command
 from tomeray.pipeline.reconstruction.evaluation import evaluate
 
 
@@ -60,19 +60,21 @@ def print_table(result: dict, file=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
         result = evaluate(args.pred, args.ref_cameras, args.ref_points, scene=args.scene,
                           ref_scene=args.ref_scene or args.scene, pred_points=args.pred_points,
                           align=args.align, tau=args.tau, max_points=args.max_points)
-    except TomerayError as e:
-        print(f"eval_reconstruction: error: {e}", file=sys.stderr)
-        return 2
-    print_table(result)
-    if args.json:
-        atomic_write_json(args.json, {"pred": args.pred, "scene": args.scene, "ref_cameras": args.ref_cameras,
-                                      "ref_points": args.ref_points, **result})
-    return 0
+        print_table(result)
+        if args.json:
+            atomic_write_json(args.json, {"pred": args.pred, "scene": args.scene,
+                                          "ref_cameras": args.ref_cameras, "ref_points": args.ref_points,
+                                          **result})
+        return 0
+
+    return run_command(parser.prog, body)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,19 @@ Tags trained with QuickGELU (OpenAI's) get QuickGELU even under the plain archit
 ``ViT-B-32`` + ``openai`` computes what OpenAI's model computes.
 
 The text encoder carries TempMe's text-tower LoRA (``models.lora``; zero update until trained).
+
+Construction draws random values only where they are the weights: a model whose weights are
+loaded is built without open_clip's random init (``skip_weight_init``: every parameter is then
+overwritten by the strict load), and ``text=False`` with random init draws the vision tower alone
+(open_clip builds it first from the seeded stream, so its values are those of the whole model).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +36,9 @@ import torch.nn.functional as F
 from tomeray.models.errors import ConfigError, InputError, WeightsError
 from tomeray.models.lora import LORA_RANK, TowerAdapter, lora_qkv
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["ClipTextEncoder", "LoadedClip", "RANDOM_INIT", "load_clip"]
+__all__ = ["ClipTextEncoder", "LoadedClip", "RANDOM_INIT", "load_clip", "skip_weight_init"]
 
 RANDOM_INIT = "none"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -84,10 +92,11 @@ class ClipTextEncoder(nn.Module):
         tower = self._tower
         if tower is None:
             return self.model.encode_text(tokens, normalize=True).float()
-        n, length = tokens.shape
-        context = tower.positional_embedding.shape[0]
+        length, context = tokens.shape[1], tower.positional_embedding.shape[0]
         if length > context:
             raise InputError(f"token ids have length {length}; this text tower takes at most {context}")
+        tokens = _trim_padding(tower, self._tower_attr, tokens)
+        n, length = tokens.shape
         x = tower.token_embedding(tokens).to(tower.transformer.get_cast_dtype())
         x = x + tower.positional_embedding[:length].to(x.dtype)
         mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
@@ -124,6 +133,23 @@ def _lora_text_tower(model: nn.Module) -> str | None:
     return attr if plain and getattr(transformer, "batch_first", True) else None
 
 
+def _trim_padding(tower: nn.Module, attr: str, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` without the padding after the batch's last end-of-text token. The tower is causal
+    and pools at that token, so later positions never reach the output: the embeddings are those of
+    the padded batch, at a fraction of the cost (a query is a few of the 77 positions)."""
+    if tower.attn_mask is None:  # not causal: every position reaches every other
+        return tokens
+    pool = tower.pool_type if attr else tower.text_pool_type
+    if pool == "argmax":  # open_clip's tokenizer gives end-of-text the highest id
+        last = tokens.argmax(dim=-1)
+    elif pool == "eos":
+        eos = tower.eos_id if attr else getattr(tower, "text_eos_id", None)
+        last = (tokens == eos).int().argmax(dim=-1)
+    else:
+        return tokens
+    return tokens[:, : int(last.max()) + 1]
+
+
 def _pool_text(tower: nn.Module, attr: str, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     from open_clip.transformer import text_global_pool
 
@@ -132,10 +158,55 @@ def _pool_text(tower: nn.Module, attr: str, x: torch.Tensor, tokens: torch.Tenso
     return text_global_pool(x, tokens, tower.text_pool_type, eos_token_id=getattr(tower, "text_eos_id", None))
 
 
+class _SkipRandomFill(TorchFunctionMode):
+    """Turns the in-place random fills of weight initialisation into no-ops (the tensor keeps
+    whatever its memory held). Deterministic fills (zeros, ones, constants) still run."""
+
+    FILLS = frozenset({torch.Tensor.uniform_, torch.Tensor.normal_, nn.init.uniform_, nn.init.normal_,
+                       nn.init.kaiming_uniform_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def skip_weight_init() -> Iterator[None]:
+    """Build modules without drawing random initial values, for a model whose every parameter is
+    then loaded, or whose values are never used (reading its shapes and identity). Applies to
+    this thread only."""
+    with _SkipRandomFill():
+        yield
+
+
+def _random_clip(arch: str, seed: int, text: bool) -> nn.Module:
+    """open_clip's random init of ``arch`` from ``seed``, in a private RNG stream (the caller's
+    global torch RNG state is left as it was). Without ``text``, only the vision tower's values are
+    drawn; the text tower holds arbitrary values and is meant to be dropped."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            from open_clip.model import _build_vision_tower
+        except ImportError:  # open_clip moved its builder: the whole model, as before
+            text = True
+        if text:
+            return open_clip.create_model(arch, pretrained=None)
+        with skip_weight_init():
+            model = open_clip.create_model(arch, pretrained=None)
+        cfg = open_clip.get_model_config(arch)
+        torch.manual_seed(seed)  # open_clip's own first draws: the vision tower, built as create_model does
+        visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False))
+        model.visual.load_state_dict(visual.state_dict(), assign=True)
+        return model
+
+
 @dataclass
 class LoadedClip:
     visual: nn.Module  # open_clip VisionTransformer (or another tower for non-ViT archs)
-    text: ClipTextEncoder
+    text: ClipTextEncoder | None  # None when loaded with text=False
     weights_id: str
     image_size: int
     mean: tuple[float, float, float]
@@ -174,19 +245,17 @@ def _check_arch(arch: str) -> None:
 
 
 def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | None = None,
-              lora_rank: int = LORA_RANK) -> LoadedClip:
+              lora_rank: int = LORA_RANK, text: bool = True) -> LoadedClip:
     """Create open_clip model ``arch`` with the weights named by ``pretrained`` (see module doc);
-    ``lora_rank``: rank of the text tower's (untrained) LoRA."""
+    ``lora_rank``: rank of the text tower's (untrained) LoRA; ``text=False``: no text encoder
+    (video-only workers)."""
     import open_clip
 
     _check_arch(arch)
     pretrained = str(pretrained)
     kwargs: dict = {}
     if pretrained == RANDOM_INIT:
-        # A private RNG stream: the caller's global torch RNG state is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = open_clip.create_model(arch, pretrained=None)
+        model = _random_clip(arch, seed, text)
         weights_id = f"random-init(seed={seed})"
     elif _is_path_like(pretrained) or Path(pretrained).is_file():
         path = Path(pretrained).expanduser().resolve()
@@ -196,7 +265,8 @@ def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | Non
                 f"(.pt/.bin/.safetensors), an open_clip tag, or pretrained=none for random init"
             )
         try:
-            model = open_clip.create_model(arch, pretrained=str(path))
+            with skip_weight_init():  # the strict load overwrites every parameter
+                model = open_clip.create_model(arch, pretrained=str(path))
         except Exception as e:  # noqa: BLE001 - any loader failure is a weights problem
             raise WeightsError(f"cannot load checkpoint '{path}' into {arch}: {e}") from e
         weights_id = f"file:{path}#sha256={_sha256_prefix(path)}"
@@ -210,7 +280,8 @@ def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | Non
         if open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False):
             kwargs["force_quick_gelu"] = True
         try:
-            model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
+            with skip_weight_init():  # the strict load overwrites every parameter
+                model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
         except Exception as e:  # noqa: BLE001 - download / cache failures of any kind
             where = "offline mode (HF_HUB_OFFLINE=1) is on and they are not in the cache" if _offline() else (
                 "they could not be downloaded or read from the cache"
@@ -233,5 +304,5 @@ def load_clip(arch: str, pretrained: str, *, seed: int = 0, cache_dir: str | Non
 
     visual = model.visual
     model.visual = nn.Identity()  # the text encoder must not carry a second reference to the tower
-    text = ClipTextEncoder(model, open_clip.get_tokenizer(arch), lora_rank=lora_rank)
-    return LoadedClip(visual, text, weights_id, size, mean, std)
+    encoder = ClipTextEncoder(model, open_clip.get_tokenizer(arch), lora_rank=lora_rank) if text else None
+    return LoadedClip(visual, encoder, weights_id, size, mean, std)

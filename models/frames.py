@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from tomeray.models.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CLIP_MEAN",
@@ -141,6 +144,8 @@ def normalize_frames(
     The same operations in the same order as ``ToTensor`` + ``Normalize``, so the result is
     bit-identical to the reference loader's input.
     """
+    import torch  # here, not at the top: decode workers use the NumPy half only and skip torch's import
+
     frames = torch.as_tensor(frames)
     if frames.dtype != torch.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
         raise InputError(
@@ -158,4 +163,4 @@ def preprocess_frames(
     frames: np.ndarray, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
 ) -> torch.Tensor:
     """Decoded (T,H,W,3) uint8 frames -> model input (T,3,size,size) float32, as open_clip's transform."""
-    return normalize_frames(torch.from_numpy(center_crop(resize_shorter_side(frames, size), size)), mean, std)
+    return normalize_frames(center_crop(resize_shorter_side(frames, size), size), mean, std)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tomeray.models.errors import InputError, one_line
 from tomeray.operators.video_io import FrameReader, container_truncation, load_decord
-from tomeray.operators.worker import node_id
+from tomeray.operators.worker import cost_columns, measure, node_id
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -297,8 +297,9 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
 
 class SceneLoader:
     """Ray Data stage: ``{scene, spec}`` rows (``spec`` a JSON string, see ``load_scene_views``) ->
-    one row per scene with the preprocessed views. Never raises for bad input: failures travel in
-    the ``errors`` column (a JSON list of error rows)."""
+    one row per scene with the preprocessed views and what loading it cost (``load_cpu_s``, ...:
+    ``operators.worker``). Never raises for bad input: failures travel in the ``errors`` column (a
+    JSON list of error rows)."""
 
     def __init__(self, mode: str = "crop", size: int = 518, patch: int = 14, max_views: int = 0,
                  policy: str = "subsample", max_pixels: int = DEFAULT_MAX_PIXELS, video_frames: int = 16,
@@ -309,14 +310,17 @@ class SceneLoader:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(batch["spec"]) != 1:
             raise ValueError("SceneLoader takes one scene per batch (map_batches(batch_size=1))")
-        spec = json.loads(str(batch["spec"][0]))
-        try:
-            out = load_scene_views(spec, **self.options)
-        except Exception as e:  # noqa: BLE001 - a bug or an unforeseen input must not fail the job
-            log.exception("loading scene %s failed", spec["scene"])
-            out = load_scene_views({"scene": spec["scene"], "images": []}, **self.options)
-            out["errors"] = [{"path": "", "stage": "load", "error_type": type(e).__name__,
-                              "message": one_line(e)}]
+        load_decord()  # the worker's first call imports OpenCV (and decord): start-up, not a scene's cost
+        from PIL import Image  # noqa: F401
+        with measure() as cost:  # cost columns: operators.worker
+            spec = json.loads(str(batch["spec"][0]))
+            try:
+                out = load_scene_views(spec, **self.options)
+            except Exception as e:  # noqa: BLE001 - a bug or an unforeseen input must not fail the job
+                log.exception("loading scene %s failed", spec["scene"])
+                out = load_scene_views({"scene": spec["scene"], "images": []}, **self.options)
+                out["errors"] = [{"path": "", "stage": "load", "error_type": type(e).__name__,
+                                  "message": one_line(e)}]
         row = {k: out[k] for k in ("images", "frame_idx", "orig_hw", "scale_xy", "offset_xy", "content_hw")}
         return {
             "scene": np.asarray([spec["scene"]], dtype=object),
@@ -325,5 +329,6 @@ class SceneLoader:
             "skipped": np.asarray([out["skipped"]], np.int64),
             "errors": np.asarray([json.dumps(out["errors"])], dtype=object),
             "load_node": np.asarray([node_id()], dtype=object),
+            **cost_columns("load", 1, cost),
         }
 

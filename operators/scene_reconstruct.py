@@ -18,6 +18,9 @@ turns a loaded scene (``operators.scene_load``) into cameras and a filtered poin
 
 Failures of one scene (memory estimate over budget, CUDA out of memory, ...) become an error row
 (stage ``reconstruct``); the actor carries on with the next scene.
+
+Each row carries the scene's load costs through, and the model's own (``model_cpu_s``, ...) with
+the actor's start-up stamps (``model_process_at``, ..., ``model_build_cpu_s``): ``operators.worker``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from tomeray.models.vggt.geometry import (
     pose_encoding_to_extri_intri,
     unproject_depth_map_to_point_map,
 )
-from tomeray.operators.worker import node_id
+from tomeray.operators.worker import WorkerStart, cost_columns, measure, node_id
 
 __all__ = [
     "SceneReconstructor",
@@ -119,6 +122,7 @@ class SceneReconstructor:
 
     def __init__(self, model: dict, points: dict | None = None, max_views: int = 0, policy: str = "subsample",
                  device: str = "auto", precision: str = "auto", num_threads: int = 0):
+        init_at, init_cpu_s = time.time(), time.process_time()
         if num_threads > 0:
             torch.set_num_threads(int(num_threads))
         merge = MergeConfig(**model.get("merge", {}))
@@ -138,6 +142,7 @@ class SceneReconstructor:
         self.seed = int(p.get("seed", 0))
         self.max_views = max_views if policy == "split" else 0
         self.node_id = node_id()
+        self.start = WorkerStart.since(init_at, init_cpu_s)
         log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
                  self.precision)
 
@@ -232,6 +237,12 @@ class SceneReconstructor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(batch["scene"]) != 1:
             raise ValueError("SceneReconstructor takes one scene per batch (map_batches(batch_size=1))")
+        with measure() as cost:
+            row = self._reconstruct_row(batch)
+        costs = {k: np.asarray(batch[k]) for k in ("load_cpu_s", "load_wall_s", "load_done_at") if k in batch}
+        return {**row, **costs, **cost_columns("model", 1, cost), **self.start.columns("model", 1)}
+
+    def _reconstruct_row(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scene = str(batch["scene"][0])
         errors = json.loads(str(batch["errors"][0]))
         images = np.asarray(batch["images"][0])

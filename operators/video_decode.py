@@ -1,9 +1,12 @@
 """Decode videos into fixed-size clips of uint8 frames with decord (a Ray Data stage run as tasks).
 
 One input row (``path``, ``key``) becomes one output row per clip: the whole video, or in segment
-mode one row per window of ``segment_s`` seconds. Frames are decoded straight to the model's
+mode one row per window of ``segment_s`` seconds; a row that names a time range (finite ``start_s`` and
+``end_s`` columns) becomes one clip of that range. Frames are decoded straight to the model's
 resolution (decord scales while decoding, shorter side -> ``image_size``) and centre-cropped, so a
-row carries ``(T, S, S, 3)`` uint8, not full-size frames.
+row carries ``(T, S, S, 3)`` uint8, not full-size frames, and what producing it cost
+(``decode_cpu_s``, ``decode_wall_s``, ``decode_done_at``: ``operators.worker``); with ``thumbnails``
+also a small JPEG of one of its frames (``operators.thumbnail``), for search results.
 
 Videos without usable timestamps are read sequentially (``operators.video_io.FrameReader``).
 
@@ -31,8 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from tomeray.models.errors import one_line
+from tomeray.models.errors import InputError, one_line
 from tomeray.models.frames import center_crop, resized_hw, sample_frame_indices
+from tomeray.operators.thumbnail import thumbnail_jpeg
 from tomeray.operators.video_io import (
     CorruptVideoError,
     FrameReader,
@@ -42,7 +46,7 @@ from tomeray.operators.video_io import (
     has_usable_timestamps,
     load_decord,
 )
-from tomeray.operators.worker import node_id
+from tomeray.operators.worker import node_id, timed_steps
 
 __all__ = [
     "Clip",
@@ -52,7 +56,9 @@ __all__ = [
     "VideoDecoder",
     "decode_clips",
     "empty_clip_row",
+    "row_window",
     "segment_windows",
+    "time_window",
 ]
 
 
@@ -68,6 +74,7 @@ class Clip:
     duration_s: float  # of the whole video
     fps: float
     n_frames: int  # of the whole video
+    thumbnail: bytes = b""  # JPEG of the middle sampled frame (when asked for), b"" otherwise
 
 
 def segment_windows(n_frames: int, fps: float, segment_s: float | None) -> list[tuple[int, int]]:
@@ -82,6 +89,19 @@ def segment_windows(n_frames: int, fps: float, segment_s: float | None) -> list[
     count = max(1, math.ceil(n_frames / step - 1e-9))
     bounds = [min(n_frames, int(round(i * step))) for i in range(count)] + [n_frames]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def time_window(n_frames: int, fps: float, start_s: float, end_s: float) -> tuple[int, int]:
+    """Frame range ``[start, end)`` of the clip from ``start_s`` to ``end_s`` seconds (at least one
+    frame; the end is clamped to the video). Raises when the range is not inside the video."""
+    if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s <= start_s:
+        raise InputError(f"clip range {start_s}-{end_s} s is not a range (0 <= start_s < end_s)")
+    if not math.isfinite(fps) or fps <= 0:
+        raise InputError("the video has no usable frame rate, so a clip's time range cannot be located")
+    start = int(math.floor(start_s * fps + 1e-9))
+    if start >= n_frames:
+        raise InputError(f"clip range starts at {start_s:g} s but the video is {n_frames / fps:.2f} s long")
+    return start, max(start + 1, min(n_frames, int(math.ceil(end_s * fps - 1e-9))))
 
 
 _FFMPEG_LINE = re.compile(r"^\[[\w.,-]+ @ 0x[0-9a-fA-F]+\]\s*(.*\S)?")
@@ -143,9 +163,14 @@ def decode_clips(
     segment_s: float | None = None,
     num_threads: int = 1,
     strict: bool = True,
+    *,
+    thumbnails: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in time order. Raises on unreadable or damaged input
-    (damage reported by the decoder is ignored when ``strict`` is False)."""
+    (damage reported by the decoder is ignored when ``strict`` is False). ``thumbnails``: each clip
+    carries a JPEG of its middle sampled frame. ``window``: one clip of that ``(start_s, end_s)``
+    range instead (``segment_s`` is then ignored)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UnreadableVideoError(f"'{path}' does not exist or is not a file")
@@ -165,7 +190,8 @@ def decode_clips(
 
     with _DecoderLog() as log:
         try:
-            for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads):
+            for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads, thumbnails,
+                                window):
                 damaged(log)
                 yield clip
         except UnreadableVideoError as e:
@@ -175,7 +201,8 @@ def decode_clips(
 
 
 def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | None,
-            segment_s: float | None, num_threads: int) -> Iterator[Clip]:
+            segment_s: float | None, num_threads: int, thumbnails: bool = False,
+            window: tuple[float, float] | None = None) -> Iterator[Clip]:
     decord = load_decord()
 
     try:
@@ -193,7 +220,8 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
     duration = n_frames / fps if math.isfinite(fps) and fps > 0 else float("nan")
 
     plans = []
-    for start, end in segment_windows(n_frames, fps, segment_s):
+    ranges = [time_window(n_frames, fps, *window)] if window else segment_windows(n_frames, fps, segment_s)
+    for start, end in ranges:
         local = sample_frame_indices(end - start, fps, num_frames, sample_fps)
         plans.append((start, end, local + start))
 
@@ -203,7 +231,10 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
         out[: len(crops)] = crops
         mask = np.arange(num_frames) < len(crops)
         to_s = (lambda f: f / fps) if math.isfinite(duration) else (lambda f: float("nan"))
-        return Clip(out, mask, indices.astype(np.int64), to_s(start), to_s(end), duration, fps, n_frames)
+        # the uncropped frame keeps the picture's shape
+        thumbnail = thumbnail_jpeg(frames[len(frames) // 2]) if thumbnails and len(frames) else b""
+        return Clip(out, mask, indices.astype(np.int64), to_s(start), to_s(end), duration, fps, n_frames,
+                    thumbnail)
 
     # Windows are disjoint and in order, so even a sequential reader makes one pass, and each clip
     # is emitted as soon as its last frame is read.
@@ -216,12 +247,21 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
         yield clip(start, end, indices, frames)
 
 
+def row_window(start_s, end_s) -> tuple[float, float] | None:
+    """The time range a row names, or None (whole video) when either end is missing or NaN."""
+    if start_s is None or end_s is None:
+        return None
+    start, end = float(start_s), float(end_s)
+    return (start, end) if math.isfinite(start) and math.isfinite(end) else None
+
+
 def empty_clip_row(num_frames: int, image_size: int) -> dict:
     """The frame columns of a row that carries no frames (a failed input)."""
     return {
         "frames": np.zeros((num_frames, image_size, image_size, 3), np.uint8),
         "mask": np.zeros(num_frames, bool),
         "frame_indices": np.zeros(0, np.int64),
+        "thumbnail": b"",
     }
 
 
@@ -238,27 +278,30 @@ class VideoDecoder:
         segment_s: float | None = None,
         num_threads: int = 1,
         strict: bool = True,
+        thumbnails: bool = False,
     ):
         self.strict = bool(strict)
+        self.thumbnails = bool(thumbnails)
         self.image_size = int(image_size)
         self.num_frames = int(num_frames)
         self.sample_fps = sample_fps
         self.segment_s = segment_s
         self.num_threads = int(num_threads)
 
-    def rows(self, path: str, key: str) -> Iterator[dict]:
-        """Output rows of one video: one per clip, or a single error row."""
+    def rows(self, path: str, key: str, window: tuple[float, float] | None = None) -> Iterator[dict]:
+        """Output rows of one video (or of its ``window``): one per clip, or a single error row."""
         base = {"path": path, "key": key, "decode_node": node_id(), "error_stage": "", "error_type": "",
                 "error_message": ""}
         emitted = 0
         try:
             for c in decode_clips(path, self.image_size, self.num_frames, self.sample_fps, self.segment_s,
-                                  self.num_threads, self.strict):
+                                  self.num_threads, self.strict, thumbnails=self.thumbnails,
+                                  window=window):
                 yield {
                     **base,
                     "start_s": c.start_s, "end_s": c.end_s, "duration_s": c.duration_s, "fps": c.fps,
                     "n_frames": c.n_frames, "frame_indices": c.frame_indices, "frames": c.frames,
-                    "mask": c.mask,
+                    "mask": c.mask, "thumbnail": c.thumbnail,
                 }
                 emitted += 1
         except Exception as e:  # noqa: BLE001 - any decoder failure is this input's error, not the job's
@@ -271,16 +314,22 @@ class VideoDecoder:
                    "error_stage": "decode", "error_type": type(e).__name__, "error_message": message}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for path, key in zip(batch["path"], batch["key"]):
-            for row in self.rows(str(path), str(key)):
-                yield _as_batch([row])
+        load_decord()  # the worker's first call imports the decoder: start-up, not a video's cost
+        n = len(batch["path"])
+        starts = batch.get("start_s", np.full(n, np.nan))
+        ends = batch.get("end_s", np.full(n, np.nan))
+        for path, key, start, end in zip(batch["path"], batch["key"], starts, ends):
+            rows = self.rows(str(path), str(key), row_window(start, end))
+            for row, cost in timed_steps(rows):  # cost columns: operators.worker
+                yield _as_batch([{**row, "decode_cpu_s": cost.cpu_s, "decode_wall_s": cost.wall_s,
+                                  "decode_done_at": cost.done_at}])
 
 
 def _as_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     batch = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
-        if name == "frame_indices":  # ragged: an object column of int64 arrays
+        if name in ("frame_indices", "thumbnail"):  # ragged: object columns of int64 arrays / bytes
             column = np.empty(len(values), dtype=object)
             column[:] = values
             batch[name] = column

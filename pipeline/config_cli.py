@@ -13,7 +13,10 @@ from tomeray.pipeline.core.runner import run_command
 JOBS = {
     "index": ("tomeray.pipeline.video.config", "IndexConfig", "index"),
     "search": ("tomeray.pipeline.video.config", "SearchConfig", "search"),
+    "serve": ("tomeray.pipeline.video.serve.config", "ServeConfig", "serve"),
     "reconstruct": ("tomeray.pipeline.reconstruction.config", "ReconConfig", "reconstruct"),
+    "train": ("tomeray.pipeline.training.config", "TrainConfig", "train"),
+    "eval-retrieval": ("tomeray.pipeline.training.config", "EvalConfig", "eval_retrieval"),
 }
 
 

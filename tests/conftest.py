@@ -77,3 +77,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def served_corpus(opencv_data, tmp_path_factory) -> Path:
+    """The search-service corpus (tests/serving.py): opencv-doc videos, one as WebM."""
+    from serving import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("served") / "corpus", opencv_data)
+
+
+@pytest.fixture(scope="session")
+def served_index(ray_local, served_corpus, tmp_path_factory) -> Path:
+    """The corpus indexed once by 'tomeray index' (random ViT-S-32 weights, 4 s segments)."""
+    from serving import build_index
+
+    return build_index(served_corpus, tmp_path_factory.mktemp("served-index") / "idx")
+
+
+@pytest.fixture(scope="session")
+def server(served_index):
+    """'tomeray serve' over the served index on a free loopback port, with a bearer token."""
+    from serving import TOKEN
+    from tomeray.jobs.bench_serve import Server
+
+    options = ["--port", "0", "--token", TOKEN, "server.torch_threads=1", "inference.device=cpu"]
+    with Server([str(served_index), *options], timeout=300) as process:
+        yield process

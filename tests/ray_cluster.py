@@ -133,8 +133,7 @@ class RayHead:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-        # workers run in process groups of their own; each names the session dir under self.tmp
-        subprocess.run(["pkill", "-KILL", "-f", str(self.tmp)], check=False)
+        kill_processes_naming(self.tmp)
         self._procs.clear()
         for log in self._logs:
             log.close()
@@ -149,6 +148,13 @@ class RayHead:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def kill_processes_naming(temp_dir: Path) -> None:
+    """SIGKILL every process whose command line names ``temp_dir``: the Ray processes of a cluster
+    started with ``--temp-dir`` under it (workers run in process groups of their own, and
+    daemons of a ``ray start`` without ``--block`` have no parent here), and nothing else."""
+    subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], check=False)
 
 
 def kill_driver_when(cmd: list[str], env: dict, ready, what: str, timeout: float = 300) -> None:

@@ -82,14 +82,15 @@ def test_config_is_saved_resolved(tmp_path):
 def test_cli_help_lists_the_commands(capsys):
     from tomeray.pipeline.cli import available_commands, main
 
-    assert {"demo", "index", "search", "reconstruct", "config"} <= set(available_commands())
+    expected = {"demo", "index", "search", "reconstruct", "config", "train", "eval-retrieval"}
+    assert expected <= set(available_commands())
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for name in available_commands():
         assert name in out
 
 
-@pytest.mark.parametrize("job", ["index", "reconstruct"])
+@pytest.mark.parametrize("job", ["index", "reconstruct", "train", "eval-retrieval"])
 def test_cli_config_prints_resolved_job_config(job, capsys):
     from tomeray.pipeline.cli import main
 

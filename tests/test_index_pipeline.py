@@ -125,6 +125,30 @@ def test_manifest_config_and_run_record(built):
     assert not list(layout.root.rglob("*.tmp"))
 
 
+def test_run_record_breaks_down_start_up_and_stage_costs(built):
+    (record,) = (built["layout"].root / "runs").glob("*.json")
+    run = json.loads(record.read_text())
+    start = run["startup"]
+    for milestone in ("discovered_at", "model_facts_at", "ray_ready_at", "graph_started_at",
+                      "decode_started_at", "decode_done_at", "embed_init_at", "embed_ready_at",
+                      "embed_started_at", "embed_done_at", "first_row_at_driver", "pipeline_done_at"):
+        assert milestone in start, milestone
+    # causal order: a batch is embedded after some clip was decoded and some actor was ready
+    assert start["graph_started_at"] <= start["decode_started_at"] <= start["decode_done_at"]
+    assert start["embed_init_at"] <= start["embed_ready_at"] <= start["embed_started_at"]
+    assert start["decode_done_at"] <= start["embed_started_at"] < start["embed_done_at"]
+    assert start["embed_done_at"] <= start["first_row_at_driver"] <= start["pipeline_done_at"]
+    assert run["first_embedding_s"] == start["embed_done_at"]
+    cpu = run["startup_cpu"]
+    assert cpu["embed_actors"] >= 1 and cpu["driver_cpu_s"] > 0
+    assert all(cpu[f"embed_{k}"] >= 0 for k in ("boot_cpu_s", "import_cpu_s", "build_cpu_s"))
+    costs = run["costs"]
+    assert costs["items"] == len(GOOD) + len(BAD) - 1  # everything that went through the graph
+    assert costs["cpu_s_per_item"]["decode"] > 0 and costs["cpu_s_per_item"]["embed"] > 0
+    assert costs["valid"] and 0 < costs["efficiency"] <= 1 and 0 <= costs["efficiency_steady"] <= 1
+    assert costs["bound_kind"] == "cpu" and costs["items_per_s"] <= costs["bound_per_s"]
+
+
 def test_search_returns_every_video(built):
     layout = built["layout"]
     table = layout.read_embeddings()

@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 from tomeray.models.merging import (
     attention_bias,
+    best_destinations_grouped,
     bipartite_soft_matching,
-    frame_dst_mask,
+    match_tokens,
     merge_wavg,
+    row_max,
+    unit,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -239,24 +242,67 @@ def test_merging_any_float_dtype(dtype):
         torch.testing.assert_close(y.float(), y32, atol=1e-5, rtol=1e-5)
 
 
-def test_merging_frame_dst_mask_layout_and_seed():
-    frames, special, h, w = 4, 5, 7, 9
-    per = special + h * w
-    g = torch.Generator().manual_seed(0)
-    mask = frame_dst_mask(frames, per, special, (h, w), region=2, generator=g).view(frames, per)
-    assert mask[0].all()
-    assert mask[:, :special].all()
-    cells = math.ceil(h / 2) * math.ceil(w / 2)
-    for f in range(1, frames):
-        grid = mask[f, special:].view(h, w)
-        assert int(grid.sum()) == cells
-        for ci in range(0, h, 2):
-            for cj in range(0, w, 2):
-                assert int(grid[ci : ci + 2, cj : cj + 2].sum()) == 1
-    again = frame_dst_mask(frames, per, special, (h, w), region=2, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(again.view(frames, per), mask)
-    other = frame_dst_mask(frames, per, special, (h, w), region=2, generator=torch.Generator().manual_seed(1))
-    assert not torch.equal(other.view(frames, per), mask)
+def test_merging_duplicated_protection_keeps_copies():
+    """protect='duplicated' (FastVGGT): protected tokens never merge away, protected destinations
+    still receive sources and also keep an unmerged copy, which they read back on unmerge."""
+    metric, x, _ = _inputs(b=2, n=21)
+    protected = torch.zeros(21, dtype=torch.bool)
+    protected[[0, 1, 5, 20]] = True  # 0 and 20 are sources, 1 and 5 destinations (odd positions)
+    match = match_tokens(metric, 100, protected=protected, protect="duplicated")
+    src = [i for i in range(21) if i % 2 == 0 and not protected[i]]
+    dst = [i for i in range(21) if i % 2 == 1]
+    assert match.num_slots == 21 - len(src) + 2  # every unprotected source merged; copies of 1 and 5
+    merged = match.merge(x, mode="mean")
+    for bi in range(2):
+        m = F.normalize(metric[bi], dim=-1)
+        groups = {d: [d] for d in dst}
+        for i in src:  # brute force: each source into its most similar destination, protected ones too
+            groups[max(dst, key=lambda d: float(m[i] @ m[d]))].append(i)
+        for d, members in groups.items():
+            torch.testing.assert_close(merged[bi, match.slot[bi, d]], x[bi, members].mean(0))
+        for p in (0, 1, 5, 20):  # unmerged values of protected tokens enter and come back
+            assert torch.equal(merged[bi, match.read_slot[bi, p]], x[bi, p])
+    assert any(len(groups[d]) > 1 for d in (1, 5))  # a protected destination received a source
+    y = torch.randn(2, match.num_slots, 5)
+    back = match.unmerge(y)
+    for bi in range(2):
+        for i in range(21):
+            assert torch.equal(back[bi, i], y[bi, match.read_slot[bi, i]])
+    assert not torch.equal(match.read_slot[:, [1, 5]], match.slot[:, [1, 5]])
+    with pytest.raises(ValueError, match="shared by the batch"):
+        match_tokens(metric, 3, protected=protected.expand(2, 21), protect="duplicated")
+
+
+def test_merging_grouped_scores_match_bruteforce():
+    g = torch.Generator().manual_seed(4)
+    src = unit(torch.randn(2, 3, 4, 6, generator=g))  # (B, groups, k, C)
+    shared = unit(torch.randn(2, 5, 6, generator=g))
+    own = unit(torch.randn(2, 3, 2, 6, generator=g))
+    shared_excluded = torch.tensor([False, True, False, False, False])
+    own_excluded = torch.tensor([[False, False], [True, False], [False, True]])
+    best, which = best_destinations_grouped(
+        src, shared, own, shared_excluded=shared_excluded, own_excluded=own_excluded
+    )
+    for b in range(2):
+        for grp in range(3):
+            cands = [(shared[b, j], j) for j in range(5) if not shared_excluded[j]]
+            cands += [(own[b, grp, j], 5 + j) for j in range(2) if not own_excluded[grp, j]]
+            for i in range(4):
+                score, choice = max((float(src[b, grp, i] @ v), j) for v, j in cands)
+                assert int(which[b, grp, i]) == choice
+                assert float(best[b, grp, i]) == pytest.approx(score, abs=1e-6)
+
+
+@pytest.mark.parametrize("width", [7, 256, 300, 1000, 1024])
+def test_merging_row_max_equals_max_with_first_index_on_ties(width):
+    g = torch.Generator().manual_seed(width)
+    scores = torch.randn(2, 9, width, generator=g)
+    scores[0, :, width // 3] = scores[0, :, width - 1] = scores[0].amax(dim=-1) + 1  # tie: first wins
+    scores[1, 0] = 0.5  # a row of equal scores
+    best, which = row_max(scores)
+    ref_best, ref_which = scores.max(dim=-1)
+    assert torch.equal(best, ref_best) and torch.equal(which, ref_which)
+    assert bool((which[0] == width // 3).all()) and int(which[1, 0]) == 0
 
 
 def test_merging_bad_shapes_raise_value_error_with_shapes():
@@ -276,5 +322,3 @@ def test_merging_bad_shapes_raise_value_error_with_shapes():
         bipartite_soft_matching(metric, 2, dst=torch.zeros(11, dtype=torch.bool))
     with pytest.raises(ValueError, match="r must be"):
         bipartite_soft_matching(metric, -1)
-    with pytest.raises(ValueError, match="grid"):
-        frame_dst_mask(2, 10, 1, (3, 4))

@@ -123,6 +123,21 @@ def test_every_scene_yields_cameras_and_points(run, scenes):
     assert layout.read_manifest()["counts"]["scenes"] == 7
 
 
+def test_run_record_carries_stage_costs_and_start_up(run):
+    out, _ = run
+    (record,) = (out / "runs").glob("*.json")
+    summary = json.loads(record.read_text())
+    costs, start = summary["costs"], summary["startup"]
+    assert costs["items"] >= len(EXPECTED_VIEWS)  # every scene that went through the graph
+    assert costs["cpu_s_per_item"]["load"] > 0 and costs["cpu_s_per_item"]["model"] > 0
+    assert costs["valid"] and 0 < costs["efficiency"] <= 1 and costs["bound_kind"] == "cpu"
+    assert start["graph_started_at"] <= start["load_started_at"] <= start["load_done_at"]
+    assert start["model_ready_at"] <= start["model_started_at"] < start["model_done_at"]
+    assert start["load_done_at"] <= start["model_started_at"]
+    assert summary["first_scene_s"] == start["model_done_at"]
+    assert summary["startup_cpu"]["model_actors"] >= 1
+
+
 def test_bad_inputs_land_in_the_errors_table(run, scenes):
     out, _ = run
     errors = pq.read_table(ReconLayout(out).errors_path)

@@ -67,11 +67,13 @@ def test_tempme_trainable_parameter_count_is_the_papers(arch):
 
 
 def test_tempme_trainable_untrained_lora_is_exact_and_init_is_fixed(small_clip, tempme_tower):
-    """B = 0: text embeddings are bit for bit open_clip's encode_text; A comes from a fixed seed."""
+    """B = 0: text embeddings are open_clip's encode_text (to float rounding: the padding after the
+    last end-of-text token is not computed); A comes from a fixed seed."""
     texts = ["a person walking on a street", "two cats", "a very long caption " * 12]
     tokens = small_clip.text.tokenize(texts)
     with torch.inference_mode():
-        assert torch.equal(small_clip.text(texts), small_clip.text.model.encode_text(tokens, normalize=True))
+        padded = small_clip.text.model.encode_text(tokens, normalize=True)
+        torch.testing.assert_close(small_clip.text(texts), padded, atol=1e-6, rtol=0)
     a, b = TempMeEncoder(tempme_tower, "tempme"), TempMeEncoder(tempme_tower, "tempme")
     assert all(torch.equal(a.adapter_state_dict()[k], v) for k, v in b.adapter_state_dict().items())
     assert a.tvpt.blocks[0].attn.TVPt_LoRA_a.abs().max() <= 64 ** -0.5  # kaiming-uniform bound 1/sqrt(C)

@@ -59,13 +59,13 @@ def create_video_encoder(cfg: VideoModelConfig, *, with_text: bool = True, devic
     precision = resolve_precision(precision, where)
     # the adapter sizes the LoRA; its header is read first: a missing or foreign file fails before any weights
     rank = int(read_adapter_metadata(cfg.adapter).get("lora_rank", LORA_RANK)) if cfg.adapter else LORA_RANK
-    clip = load_clip(cfg.arch, cfg.pretrained, seed=cfg.seed, lora_rank=rank)
+    clip = load_clip(cfg.arch, cfg.pretrained, seed=cfg.seed, lora_rank=rank, text=with_text)
     encoder = TempMeEncoder(
         clip.visual,
         cfg.preset,
         schedule=schedule,
         num_frames=cfg.num_frames,
-        text=clip.text if with_text else None,
+        text=clip.text,
         arch=cfg.arch,
         weights_id=clip.weights_id,
         mean=clip.mean,

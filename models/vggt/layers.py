@@ -12,14 +12,17 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 
 class Matching(Protocol):
-    """A token merge decided for one attention call (see ``models.vggt.fast``)."""
+    """A token merge decided for one attention call (see ``models.vggt.fast``): ``merge`` maps
+    (B, N, C) tokens to (B, M, C) slots, ``unmerge`` maps them back, ``attn_bias`` is None or
+    (B, 1, 1, M) added to the attention logits."""
 
     attn_bias: Tensor | None
 
-    def merge_heads(self, t: Tensor) -> Tensor: ...
+    def merge(self, x: Tensor) -> Tensor: ...
 
     def unmerge(self, x: Tensor) -> Tensor: ...
 
@@ -43,15 +46,29 @@ class RopeTables:
         self._fp32 = (cos, sin * sign.flatten())
         self._tables: dict[torch.dtype, tuple[Tensor, Tensor]] = {cos.dtype: self._fp32}
 
+    def _cos_sin(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if dtype not in self._tables:
+            self._tables[dtype] = tuple(table.to(dtype) for table in self._fp32)
+        return self._tables[dtype]
+
+    @staticmethod
+    def _rotate(t: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        swapped = t.unflatten(-1, (2, 2, t.shape[-1] // 4)).flip(-2).flatten(-3)  # [a b | c d] -> [b a | d c]
+        return t * cos + swapped * signed_sin
+
     def apply(self, t: Tensor) -> Tensor:
         """Rotate ``t`` (B, heads, N, D), N a multiple of P: half of D by y, the other half by x."""
-        if t.dtype not in self._tables:
-            self._tables[t.dtype] = tuple(table.to(t.dtype) for table in self._fp32)
-        cos, signed_sin = self._tables[t.dtype]
+        cos, signed_sin = self._cos_sin(t.dtype)
         B, H, N, D = t.shape
         t = t.reshape(B, H, N // self.tokens_per_frame, self.tokens_per_frame, D)
-        swapped = t.unflatten(-1, (2, 2, D // 4)).flip(-2).flatten(-3)  # [a b | c d] -> [b a | d c]
-        return (t * cos + swapped * signed_sin).reshape(B, H, N, D)
+        return self._rotate(t, cos, signed_sin).reshape(B, H, N, D)
+
+    def apply_tokens(self, t: Tensor) -> Tensor:
+        """The same rotation of ``t`` in token-major layout (B, N, heads, D)."""
+        cos, signed_sin = self._cos_sin(t.dtype)
+        B, N, H, D = t.shape
+        t = t.reshape(B, N // self.tokens_per_frame, self.tokens_per_frame, H, D)
+        return self._rotate(t, cos[:, None], signed_sin[:, None]).reshape(B, N, H, D)
 
 
 class RotaryEmbedding2D(nn.Module):
@@ -86,6 +103,8 @@ class Attention(nn.Module):
     merged tokens: q, k and v are merged after RoPE (each token was rotated at its own position,
     so positions follow the tokens into the merge), attention uses the merge's size bias, the
     output projection runs on the merged tokens, and the result is unmerged back to N tokens.
+    The merged path works token-major, (B, N, 3 * C) with q, k, v packed per token, so that one
+    row gather/scatter merges all three.
     """
 
     def __init__(
@@ -106,24 +125,37 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: Tensor, rope: RopeTables | None = None, merger: Merger | None = None) -> Tensor:
+        if merger is not None:
+            return self._merged(x, rope, merger)
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope.apply(q), rope.apply(k)
-        if merger is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-            return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
+    def _merged(self, x: Tensor, rope: RopeTables | None, merger: Merger) -> Tensor:
+        B, N, C = x.shape
         matching = merger(x)
-        q, k, v = (matching.merge_heads(t) for t in (q, k, v))
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(2)  # (B, N, heads, D)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope.apply_tokens(q), rope.apply_tokens(k)
+        with record_function("merge.gather_scatter"):
+            merged = matching.merge(torch.stack((q, k, v), dim=2).view(B, N, 3 * C))
+        M = merged.shape[1]
+        q, k, v = merged.view(B, M, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = matching.attn_bias
         if bias is not None:
             bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = self.proj(out.transpose(1, 2).reshape(B, out.shape[2], C))
-        return matching.unmerge(out)
+        with record_function("merge.attention"):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = self.proj(out.transpose(1, 2).reshape(B, M, C))
+        with record_function("merge.gather_scatter"):
+            return matching.unmerge(out)
 
 
 class Mlp(nn.Module):

@@ -97,7 +97,8 @@ class VGGT(nn.Module):
         images = self._check_images(images)
         B, S, _, H, W = images.shape
         plan = self.merge_plan(S, (H, W), images.device)
-        mergers = {i: plan for i in range(self.merge.start_block, self.arch.depth)} if plan else None
+        merger = plan.merger() if plan else None  # one per pass: it may reuse matchings across blocks
+        mergers = {i: merger for i in range(self.merge.start_block, self.arch.depth)} if plan else None
         return self.aggregator(images, mergers)
 
     def forward(self, images: Tensor, query_points: Tensor | None = None) -> dict:

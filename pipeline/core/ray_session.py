@@ -1,5 +1,6 @@
-"""Connect to Ray once per process: the cluster named by ``--address`` / ``RAY_ADDRESS``, else a
-local embedded cluster started on demand, with a watcher that ends it if this process is killed
+"""Connect to Ray once per process: the cluster named by ``--address`` / ``RAY_ADDRESS`` (refusals
+become one-line :class:`~tomeray.pipeline.core.cluster_connect.ClusterError` messages), else a local
+embedded cluster started on demand, with a watcher that ends it if this process is killed
 (``reaper``)."""
 
 from __future__ import annotations
@@ -9,24 +10,27 @@ import os
 import subprocess
 import sys
 
+from tomeray.pipeline.core.cluster_connect import connect_cluster
+
 log = logging.getLogger(__name__)
 
 __all__ = ["init_ray"]
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Initialise Ray unless it already is. ``address`` wins over ``RAY_ADDRESS``; with neither (or
-    ``local``), a local cluster starts (``num_cpus`` caps it, for tests and small machines)."""
+    ``local``), a local cluster starts (``num_cpus`` caps it, for tests and small machines), with the
+    dashboard when ``dashboard`` (Ray Train watches its actors through the dashboard's state API). A
+    cluster that refuses this process (token, address, versions) raises ``ClusterError``."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
-        log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        connect_cluster(address)
         return
-    kwargs: dict = {"log_to_driver": True, "include_dashboard": False}
+    kwargs: dict = {"log_to_driver": True, "include_dashboard": dashboard}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     log.info("starting a local Ray cluster")

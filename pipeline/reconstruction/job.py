@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tomeray.models.errors import InputError
+from tomeray.operators.worker import process_started_at
 from tomeray.pipeline.core.config import load_config, save_config
 from tomeray.pipeline.core.graph import worker_lost_rows
 from tomeray.pipeline.core.output import new_run_id
+from tomeray.pipeline.core.timing import run_costs, startup_timeline
 from tomeray.pipeline.reconstruction.config import ReconConfig, pinned_settings, resolve_weights_id, validate
 from tomeray.pipeline.reconstruction.discover import discover_scenes
 from tomeray.pipeline.reconstruction.exports import write_exports
@@ -50,6 +52,10 @@ class ReconSummary:
     pipeline_s: float = 0.0
     out: str = ""
     run_id: str = ""
+    first_scene_s: float = float("nan")  # run start -> first scene reconstructed (see startup)
+    startup: dict[str, float] = field(default_factory=dict)  # seconds from run start to each milestone
+    startup_cpu: dict[str, float] = field(default_factory=dict)  # CPU s: driver before the graph, actors
+    costs: dict = field(default_factory=dict)  # stage CPU per scene, bound, efficiency (pipeline.core.timing)
     scenes: dict[str, dict] = field(default_factory=dict)  # this run's scene records
     failures: list[dict] = field(default_factory=list)  # this run's error rows
     load_nodes: dict[str, int] = field(default_factory=dict)
@@ -78,12 +84,14 @@ def finish_reconstruction(layout: ReconLayout, manifest: dict, cfg: ReconConfig)
 def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | tuple[str, ...] = (),
                     address: str | None = None, *, config: ReconConfig | None = None) -> ReconSummary:
     """Reconstruct every scene of ``inputs`` into ``out`` (created, or resumed). See the module docstring."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
+    marks = {"driver_process_at": process_started_at()}
     cfg = config if config is not None else load_config(ReconConfig, "reconstruct", list(overrides))
     validate(cfg)
     if not inputs:
         raise InputError("no inputs given: pass a scenes folder, a video or a .csv/.parquet scene list")
     specs, discover_errors = discover_scenes(list(inputs), cfg)
+    marks["discovered_at"] = time.time()
     weights_id = resolve_weights_id(cfg.model)  # fails early on missing weights
     layout = ReconLayout(out)
     manifest = layout.open({"settings": pinned_settings(cfg, weights_id), "weights_id": weights_id,
@@ -102,16 +110,27 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
 
     run_id = new_run_id()
     writer = SceneWriter(layout, cfg, {s["scene"]: s for s in specs})
-    pipeline_s = 0.0
+    pipeline_s, costs, startup, startup_cpu = 0.0, {}, {}, {}
     if todo:
+        from tomeray.pipeline.core.graph import cluster_resources, plan_actors
         from tomeray.pipeline.core.ray_session import init_ray
         from tomeray.pipeline.reconstruction.graph import build_dataset
 
         init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        marks["ray_ready_at"] = time.time()
+        plan, cores = plan_actors(cfg.ray.actors, len(todo)), float(cluster_resources().get("CPU", 0.0))
         pipeline_start = time.perf_counter()
+        marks["graph_started_at"], driver_cpu_s = time.time(), time.process_time()
         for batch in build_dataset(todo, cfg).iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch)
         pipeline_s = time.perf_counter() - pipeline_start
+        marks.update(first_row_at_driver=writer.first_row_at, pipeline_done_at=time.time())
+        costs = run_costs(writer.costs, len(writer.seen), marks["graph_started_at"],
+                          marks["pipeline_done_at"], cores, "model" if plan.on_gpu else None,
+                          plan.actors if plan.on_gpu else 0,
+                          steady_from=writer.costs.first.get("model_done_at"))
+        startup = startup_timeline(started_at, marks, writer.costs.first)
+        startup_cpu = {"driver_cpu_s": round(driver_cpu_s, 3), **writer.costs.startup_cpu()}
         expected = [{"item": s["scene"], "input": s["input"], "path": s.get("video") or s["root"]}
                     for s in todo]
         for lost in worker_lost_rows(expected, writer.seen, "reconstruct", LOST_ADVICE):
@@ -126,6 +145,8 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
         points=sum(r["points"] for r in writer.records.values()), pipeline_s=pipeline_s, out=str(layout.root),
         run_id=run_id, scenes=writer.records, failures=discover_errors + writer.errors,
         load_nodes=writer.load_nodes, model_nodes=writer.model_nodes,
+        first_scene_s=startup.get("model_done_at", float("nan")), startup=startup, startup_cpu=startup_cpu,
+        costs=costs,
     )
     layout.write_run_record(run_id, dataclasses.asdict(summary))
     return summary

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 from tomeray.pipeline.core.atomic import utc_now
 from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.core.timing import CostTotals
 from tomeray.pipeline.reconstruction.config import ReconConfig
 from tomeray.pipeline.reconstruction.exports import write_exports
 from tomeray.pipeline.reconstruction.layout import ReconLayout, cameras_table, points_table
@@ -38,8 +40,12 @@ class SceneWriter:
         self.seen: set[str] = set()
         self.load_nodes: dict[str, int] = {}
         self.model_nodes: dict[str, int] = {}
+        self.costs = CostTotals(("load", "model"))  # the stages' cost columns (pipeline.core.timing)
+        self.first_row_at = 0.0  # epoch seconds when the first scene reached the driver
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
+        self.first_row_at = self.first_row_at or time.time()
+        self.costs.add(batch)
         for i in range(len(batch["scene"])):
             self._add_one({k: v[i] for k, v in batch.items()})
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from tomeray.models.device import InferenceConfig
@@ -12,7 +13,12 @@ from tomeray.pipeline.core.graph import ActorPoolConfig, RayJobConfig
 from tomeray.pipeline.video.faiss_config import FaissConfig
 
 __all__ = ["FaissConfig", "IndexConfig", "IndexOutputConfig", "InputConfig",
-           "SamplingConfig", "SearchConfig", "SearchModelConfig"]
+           "SamplingConfig", "SearchConfig", "SearchModelConfig", "absolute_path"]
+
+
+def absolute_path(path: str | None) -> str | None:
+    """A file named on the command line, absolute: Ray workers may run in another working directory."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
 @dataclass
@@ -35,6 +41,7 @@ class IndexOutputConfig:
     shard_rows: int = 256  # rows per Parquet part (a crash loses at most the rows not yet written)
     flush_s: float = 30.0  # ... or what arrived in the last flush_s seconds
     build_faiss: bool = True
+    thumbnails: bool = True  # a small JPEG per row (thumbnails/ parts); a rerun backfills missing ones
 
 
 @dataclass
@@ -49,6 +56,9 @@ class IndexConfig:
     faiss: FaissConfig = field(default_factory=FaissConfig)
     output: IndexOutputConfig = field(default_factory=IndexOutputConfig)
 
+    def __post_init__(self):
+        self.model.adapter = absolute_path(self.model.adapter)
+
     def sampling_header(self) -> dict:
         """The sampling settings an index pins (its rows depend on them)."""
         return {"fps": self.sampling.fps, "segment_s": float(self.sampling.segment_s or 0.0),
@@ -60,6 +70,10 @@ class SearchModelConfig:
     """Model settings a search may give; the result must still be the index's own model (checked)."""
 
     pretrained: str | None = None  # None: the weights the index was built with (from its manifest)
+    adapter: str | None = None  # None: the adapter the index was built with (its manifest says where)
+
+    def __post_init__(self):
+        self.adapter = absolute_path(self.adapter)
 
 
 @dataclass

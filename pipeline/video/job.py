@@ -22,19 +22,22 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tomeray.models.errors import InputError
 from tomeray.models.tempme import VideoModelConfig
+from tomeray.operators.worker import process_started_at
 from tomeray.pipeline.core.config import load_config, save_config
 from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.graph import worker_lost_rows
 from tomeray.pipeline.core.output import new_run_id
+from tomeray.pipeline.core.timing import run_costs, startup_timeline
 from tomeray.pipeline.video.config import FaissConfig, IndexConfig
 from tomeray.pipeline.video.discover import discover_videos
 from tomeray.pipeline.video.ids import id_key
-from tomeray.pipeline.video.layout import IndexLayout, index_header
+from tomeray.pipeline.video.layout import IndexLayout, adapter_line, index_header
 from tomeray.pipeline.video.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,15 @@ class IndexSummary:
     total_videos: int = 0
     out: str = ""
     run_id: str = ""
+    first_embedding_s: float = float("nan")  # run start -> first embedding computed (see startup)
+    startup: dict[str, float] = field(default_factory=dict)  # seconds from run start to each milestone
+    startup_cpu: dict[str, float] = field(default_factory=dict)  # CPU s: driver before the graph, actors
+    costs: dict = field(default_factory=dict)  # stage CPU per video, bound, efficiency (pipeline.core.timing)
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
     embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
     failures: list[dict] = field(default_factory=list)  # this run's error rows
     faiss: dict = field(default_factory=dict)  # what the FAISS build did (faiss_summary)
+    adapter: str = ""  # layout.adapter_line(): the trained adapter the embeddings were made with
 
     @property
     def exit_code(self) -> int:
@@ -120,11 +128,28 @@ def faiss_summary(manifest: dict) -> dict:
 
 def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
     """Identity, weights id, embedding dim and image size of the encoder, built once on the driver
-    (on CPU): this checks the weights before any work starts and pins the manifest."""
+    (on CPU): this checks the weights before any work starts and pins the manifest. Its values are
+    never used, so no random values are drawn and no text tower is built; named weights are still
+    read, so a missing or mismatched checkpoint fails here."""
+    from tomeray.models.clip import skip_weight_init
     from tomeray.models.tempme import create_video_encoder
 
-    encoder = create_video_encoder(model, device="cpu", precision="fp32")
+    with skip_weight_init():
+        encoder = create_video_encoder(model, with_text=False, device="cpu", precision="fp32")
     return encoder.identity(), encoder.weights_id, encoder.embed_dim, encoder.image_size
+
+
+def _work_likely(layout: IndexLayout, paths: list[str]) -> bool:
+    """Whether some input has no rows yet (then Ray is started early; a wrong guess only moves
+    or wastes Ray's start-up, never changes what is indexed)."""
+    if not paths:
+        return False
+    if not layout.has_results():
+        return True
+    try:
+        return not set(paths) <= layout.indexed_paths()
+    except Exception:  # noqa: BLE001 - unreadable shards are reported by the real check later
+        return True
 
 
 def run_index(
@@ -136,13 +161,30 @@ def run_index(
     config: IndexConfig | None = None,
 ) -> IndexSummary:
     """Index ``inputs`` into ``out`` (created or extended). See the module docstring."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
+    marks = {"driver_process_at": process_started_at()}
     cfg = config if config is not None else load_config(IndexConfig, "index", list(overrides))
     layout = IndexLayout(out)
     discovery = discover_videos(inputs, tuple(cfg.input.extensions), cfg.input.list_column)
-    identity, weights_id, dim, image_size = _model_facts(cfg.model)  # fails early on missing weights
-    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root)
+    marks["discovered_at"] = time.time()
+
+    def model_facts() -> tuple[dict, str, int, int]:
+        facts = _model_facts(cfg.model)  # fails early on missing weights
+        marks["model_facts_at"] = time.time()
+        return facts
+
+    with ThreadPoolExecutor(1) as background:
+        facts = background.submit(model_facts)
+        if _work_likely(layout, discovery.paths):  # Ray's start-up overlaps the driver's model build
+            from tomeray.pipeline.core.ray_session import init_ray
+
+            init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+            marks["ray_ready_at"] = time.time()
+        identity, weights_id, dim, image_size = facts.result()
+    header = index_header(identity, weights_id, dim, cfg.sampling_header(), cfg.input.id_root,
+                          adapter_path=cfg.model.adapter)
     manifest = layout.open(header)
+    manifest["adapter"] = header["adapter"]  # where the adapter file is now (it may have moved)
     save_config(cfg, layout.config_path)
     if weights_id.startswith("random-init"):
         log.warning("model weights are RANDOM (%s): embeddings are for smoke tests, not retrieval",
@@ -167,13 +209,19 @@ def run_index(
     log.info("%d input(s): %d to index, %d already indexed, %d failed discovery",
              len(discovery.paths) + len(discovery.errors), len(items), skipped, len(discovery.errors))
 
-    pipeline_s = 0.0
+    pipeline_s, costs, startup, startup_cpu = 0.0, {}, {}, {}
     if items:
+        from tomeray.pipeline.core.graph import cluster_resources
         from tomeray.pipeline.core.ray_session import init_ray
-        from tomeray.pipeline.video.graph import build_dataset
+        from tomeray.pipeline.video.graph import build_dataset, plan_embedding
 
         init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        marks.setdefault("ray_ready_at", time.time())
+        plan, _ = plan_embedding(cfg, len(items))
+        cores = float(cluster_resources().get("CPU", 0.0))
         pipeline_start = time.perf_counter()
+        marks["graph_started_at"] = time.time()
+        driver_cpu_s = time.process_time()  # this process so far: imports, model facts, Ray's client
         try:
             for batch in build_dataset(items, cfg, image_size).iter_batches(batch_size=None,
                                                                               batch_format="numpy"):
@@ -181,10 +229,21 @@ def run_index(
         finally:
             writer.flush()  # on Ctrl-C too: completed rows are kept
         pipeline_s = time.perf_counter() - pipeline_start
+        marks.update(first_row_at_driver=writer.first_row_at, pipeline_done_at=time.time())
+        processed = len(writer.seen_paths & {it["path"] for it in items})  # came back, failed or not
+        costs = run_costs(writer.costs, processed, marks["graph_started_at"], marks["pipeline_done_at"],
+                          cores, "embed" if plan.on_gpu else None, plan.actors if plan.on_gpu else 0,
+                          steady_from=writer.costs.first.get("embed_done_at"))
+        startup = startup_timeline(started_at, marks, writer.costs.first)
+        startup_cpu = {"driver_cpu_s": round(driver_cpu_s, 3), **writer.costs.startup_cpu()}
         expected = [{"item": it["path"], "input": discovery.origin[it["path"]], "path": it["path"]}
                     for it in items]
         writer.add_errors(worker_lost_rows(expected, writer.seen_paths, "decode"))
     writer.flush()
+    if cfg.output.thumbnails:  # rows indexed before thumbnails existed get theirs now
+        from tomeray.pipeline.video.thumbnails import backfill_thumbnails
+
+        backfill_thumbnails(layout, cfg, run_id, image_size, address)
 
     # A video is indexed by this run when all its rows are in and it had no error.
     done_now = completed_paths(layout, segment_s)
@@ -197,7 +256,9 @@ def run_index(
         pipeline_s=pipeline_s, rows=writer.rows_written, total_rows=manifest["counts"]["rows"],
         total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
         decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
-        failures=list(writer.failed.values()), faiss=faiss_summary(manifest),
+        failures=list(writer.failed.values()), faiss=faiss_summary(manifest), adapter=adapter_line(manifest),
+        first_embedding_s=startup.get("embed_done_at", float("nan")), startup=startup,
+        startup_cpu=startup_cpu, costs=costs,
     )
     layout.write_run_record(run_id, dataclasses.asdict(summary))
     return summary

@@ -5,6 +5,10 @@
 <root>/config.yaml                the resolved config of the latest run
 <root>/runs/<run_id>.json         what each run did
 <root>/embeddings/part-*.parquet  one row per video (or per window in segment mode)
+<root>/thumbnails/part-*.parquet  (video_id, thumbnail): a small JPEG per row (indexes made before
+                                  thumbnails have none; a rerun of ``tomeray index`` adds them)
+<root>/lookup/<fingerprint>/      id -> metadata table for search (pipeline.video.metadata; derived,
+                                  rebuilt from the shards whenever they change)
 <root>/errors/part-*.parquet      inputs that failed (pipeline.core.errors_table)
 <root>/index.faiss                IDMap2 over video_id
 ```
@@ -27,11 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tomeray.models.errors import InputError, TomerayError
-from tomeray.pipeline.core.atomic import atomic_write_parquet
+from tomeray.pipeline.core.atomic import atomic_write_parquet, atomic_write_with
 from tomeray.pipeline.core.errors_table import current_errors, read_error_parts, write_error_part
 from tomeray.pipeline.core.output import JobOutput, check_compatible
 
-__all__ = ["PINNED", "IndexLayout", "check_same_embeddings", "embeddings_schema", "index_header"]
+__all__ = ["PINNED", "THUMBNAIL_ROW_GROUP", "IndexLayout", "adapter_line", "check_same_embeddings",
+           "embeddings_schema", "index_header", "thumbnails_schema"]
 
 # Manifest paths two sets of embeddings must agree on to be searched or merged together. The id
 # root itself is not pinned: the same corpus may be mounted elsewhere on another machine.
@@ -52,8 +57,20 @@ def embeddings_schema(dim: int) -> pa.Schema:
     ])
 
 
-def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None) -> dict:
-    """The pinned part of a manifest, in its JSON form (so it compares equal to a stored one)."""
+# Thumbnail parts are read one row group at a time by the search service: small groups keep one
+# lookup at ~100 KB instead of a whole part.
+THUMBNAIL_ROW_GROUP = 16
+
+
+def thumbnails_schema() -> pa.Schema:
+    return pa.schema([("video_id", pa.int64()), ("thumbnail", pa.binary())])
+
+
+def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_root: str | None,
+                 adapter_path: str | None = None) -> dict:
+    """The pinned part of a manifest, in its JSON form (so it compares equal to a stored one), plus
+    where the model's adapter file was (``adapter.path``, not pinned: the adapter's identity is part
+    of ``model``, and the file may move; a searcher reloads it from there)."""
     return json.loads(json.dumps({
         "model": identity,
         "weights_id": weights_id,
@@ -61,7 +78,18 @@ def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_r
         "metric": "ip",
         "sampling": sampling,
         "ids": {"hash": "blake2b-64", "relative": bool(id_root), "root": id_root},
+        "adapter": {"path": str(Path(adapter_path).expanduser().resolve())} if adapter_path else None,
     }, default=str))
+
+
+def adapter_line(manifest: dict, path: str | None = None) -> str:
+    """``adapter: ...``: which trained adapter an index's embeddings were made with, if any, and its
+    file (``path``: where it is loaded from now, when not where the manifest recorded it)."""
+    adapter = (manifest.get("model") or {}).get("adapter")
+    if not adapter:
+        return "adapter: none (TempMe's training-free form)"
+    path = path or (manifest.get("adapter") or {}).get("path") or "file not recorded"
+    return f"adapter: {adapter.get('id')} ({adapter.get('name')}, {path})"
 
 
 def check_same_embeddings(a: dict, b: dict, what_a: str, what_b: str,
@@ -84,6 +112,8 @@ class IndexLayout(JobOutput):
         super().__init__(root)
         self.embeddings_dir = self.root / "embeddings"
         self.errors_dir = self.root / "errors"
+        self.thumbnails_dir = self.root / "thumbnails"
+        self.lookup_dir = self.root / "lookup"
         self.faiss_path = self.root / "index.faiss"
 
     def has_results(self) -> bool:
@@ -92,6 +122,20 @@ class IndexLayout(JobOutput):
     # --- shards -------------------------------------------------------------------------------
     def embedding_shards(self) -> list[Path]:
         return sorted(self.embeddings_dir.glob("part-*.parquet"))
+
+    def thumbnail_shards(self) -> list[Path]:
+        return sorted(self.thumbnails_dir.glob("part-*.parquet"))
+
+    def write_thumbnails(self, table: pa.Table, name: str) -> Path:
+        path = self.thumbnails_dir / f"part-{name}.parquet"
+        # JPEGs are compressed already
+        return atomic_write_with(path, lambda tmp: pq.write_table(
+            table, tmp, row_group_size=THUMBNAIL_ROW_GROUP, compression="none"))
+
+    def thumbnail_ids(self) -> np.ndarray:
+        """The ids that have a thumbnail (sorted, unique)."""
+        ids = [_read_shard(p, ["video_id"])["video_id"].to_numpy() for p in self.thumbnail_shards()]
+        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
 
     def error_shards(self) -> list[Path]:
         return sorted(self.errors_dir.glob("part-*.parquet"))

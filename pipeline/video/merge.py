@@ -14,11 +14,11 @@ from tomeray.pipeline.core.output import new_run_id
 from tomeray.pipeline.video.config import IndexConfig
 from tomeray.pipeline.video.faiss_build import faiss_entry
 from tomeray.pipeline.video.job import IndexSummary, completed_paths, faiss_summary, finish_index
-from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
+from tomeray.pipeline.video.layout import IndexLayout, adapter_line, check_same_embeddings
 
 __all__ = ["merge_indexes"]
 
-HEADER_KEYS = ("model", "weights_id", "dim", "metric", "sampling", "ids")
+HEADER_KEYS = ("model", "weights_id", "dim", "metric", "sampling", "ids", "adapter")
 
 
 def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[str] | tuple[str, ...] = ()
@@ -41,7 +41,7 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
     if not any(o.startswith("faiss.factory=") for o in overrides):
         source = faiss_entry(manifests[0]) or {}
         cfg.faiss.factory = source.get("spec") or source.get("factory") or "flat"
-    header = {k: manifests[0][k] for k in HEADER_KEYS}
+    header = {k: manifests[0].get(k) for k in HEADER_KEYS}  # "adapter": absent before adapters
     manifest = out_layout.open(header, f"index '{layouts[0].root}'")
 
     run_id = new_run_id()
@@ -54,6 +54,7 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
         duplicates += int((~new).sum())
         if new.any():
             part = table.filter(pa.array(new))
+            _copy_thumbnails(src, out_layout, part["video_id"], f"{run_id}-merge{i:03d}")
             out_layout.write_embeddings(part, f"{run_id}-merge{i:03d}")
             have.update(part["video_id"].to_pylist())
             added_rows += part.num_rows
@@ -70,7 +71,20 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
         seconds=time.perf_counter() - started, videos_per_s=0.0, weights_id=manifest["weights_id"],
         rows=added_rows, total_rows=manifest["counts"]["rows"], total_videos=manifest["counts"]["videos"],
         out=str(out_layout.root), run_id=run_id, faiss=faiss_summary(manifest),
+        adapter=adapter_line(manifest),
     )
     out_layout.write_run_record(run_id, {**dataclasses.asdict(summary),
                                          "merged_from": [str(s.root) for s in layouts]})
     return summary
+
+
+def _copy_thumbnails(src: IndexLayout, out: IndexLayout, ids: pa.ChunkedArray, name: str) -> None:
+    """The source's thumbnails of the merged rows, one part at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for number, part in enumerate(src.thumbnail_shards()):
+        table = pq.read_table(part)
+        table = table.filter(pc.is_in(table["video_id"], value_set=ids.combine_chunks()))
+        if table.num_rows:
+            out.write_thumbnails(table, f"{name}-{number:05d}")

@@ -5,12 +5,18 @@ is its command line, :mod:`tomeray.pipeline.video.search_cli`).
     s = VideoSearcher("out/demo-index")
     s.search("people walking", k=5)          # text -> videos
     s.search("/data/clip.mp4", k=5)          # video -> similar videos
+    s.search("people", k=5, offset=5, filters=SearchFilters(path_glob="*.mp4"))   # page 2, filtered
+    s.search_like(video_id, k=5)             # rows like an indexed one (its stored embedding)
 
 The searcher reads the index's manifest, FAISS index and metadata, and builds the encoder the
 manifest names: the same architecture, merge preset, frame count and weights (an open_clip tag, a
 checkpoint file, or random weights re-created from their seed). An encoder whose identity differs
 from the one that built the index is refused, since its embeddings would not be comparable. Random
 weights are searched with the same random weights, and every output says so.
+
+Hits are joined to their metadata through the index's lookup table (``pipeline.video.metadata``:
+sorted, memory-mapped, one binary search per hit); filters select rows before the FAISS search
+(``pipeline.video.filters``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import logging
 import math
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import cached_property
 
@@ -28,15 +36,18 @@ import numpy as np
 from tomeray.models.errors import ConfigError, InputError
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry
-from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index, search_index
+from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index
 from tomeray.pipeline.video.faiss_runtime import available_memory
+from tomeray.pipeline.video.filters import Ranking, SearchFilters, matching_ids, rank
 from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
+from tomeray.pipeline.video.metadata import MetadataTable, ParquetCells
 
-__all__ = ["SearchResult", "VideoSearcher", "check_k", "is_video_query", "model_config_from_manifest"]
+__all__ = ["SearchFilters", "SearchResult", "VideoSearcher", "check_k", "check_offset", "is_video_query",
+           "model_config_from_manifest"]
 
 log = logging.getLogger(__name__)
 
-METADATA_COLUMNS = ["video_id", "path", "start_s", "end_s", "duration_s"]
+FILTER_CACHE = 32  # filters whose matching ids are kept (pages of one filtered query reuse them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +68,11 @@ class SearchResult:
 def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
     """The ``VideoModelConfig`` that re-creates the encoder an index was built with.
 
-    Derived from the manifest's model identity: architecture, preset and frame count, and the
-    weights from ``weights_id`` (``open_clip:<arch>/<tag>``, ``file:<path>#sha256=...`` or
-    ``random-init(seed=<n>)``). ``overrides`` replace fields (any change must still give the same
-    identity, which the searcher checks)."""
+    Derived from the manifest's model identity: architecture, preset and frame count, the weights
+    from ``weights_id`` (``open_clip:<arch>/<tag>``, ``file:<path>#sha256=...`` or
+    ``random-init(seed=<n>)``), and for an index built with an adapter the adapter file recorded in
+    the manifest (``adapter.path``). ``overrides`` replace fields, e.g. ``adapter`` for an adapter
+    file that moved (any change must still give the same identity, which the searcher checks)."""
     from tomeray.models.tempme import VideoModelConfig
 
     model = manifest.get("model")
@@ -70,6 +82,8 @@ def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
     weights_id = str(model.get("weights_id") or manifest.get("weights_id") or "")
     fields = {"arch": model["arch"], "preset": model.get("preset", "tempme"),
               "num_frames": int(model.get("num_frames", 12))}
+    if fields["preset"] == "custom":  # a schedule given in the config: the identity holds it
+        fields["schedule"] = model.get("schedule")
     if match := re.fullmatch(r"random-init\(seed=(-?\d+)\)", weights_id):
         fields.update(pretrained="none", seed=int(match.group(1)))
     elif match := (re.fullmatch(r"open_clip:[^/]+/(.+)", weights_id)
@@ -78,6 +92,12 @@ def model_config_from_manifest(manifest: dict, overrides: dict | None = None):
     elif not (overrides or {}).get("pretrained"):
         raise InputError(f"cannot tell which weights built this index (weights_id {weights_id!r}); "
                          "pass them explicitly (model override pretrained=...)")
+    if model.get("adapter"):
+        recorded = (manifest.get("adapter") or {}).get("path")
+        if not recorded and not (overrides or {}).get("adapter"):
+            raise InputError(f"the index was built with adapter {model['adapter'].get('id')} but its "
+                             "manifest does not say where the file is; pass it (model override adapter=PATH)")
+        fields["adapter"] = recorded
     valid = {f.name for f in dataclasses.fields(VideoModelConfig)}
     for key, value in (overrides or {}).items():
         if key not in valid:
@@ -156,16 +176,15 @@ class VideoSearcher:
         return build_index(vectors, table["video_id"].to_numpy(), "flat", use_gpu="never")
 
     def _load_metadata(self) -> None:
-        table = self.layout.read_embeddings(METADATA_COLUMNS)
-        ids = table["video_id"].to_numpy()
-        order = np.argsort(ids, kind="stable")
-        self._ids = ids[order]
-        self._meta = {name: table[name].to_numpy(zero_copy_only=False)[order]
-                      for name in METADATA_COLUMNS[1:]}
-        if self.index.ntotal != len(self._ids):
+        self.metadata = MetadataTable.open(self.layout)
+        self.id_root = (self.manifest.get("ids") or {}).get("root")
+        self._cells = ParquetCells()
+        self._matches: OrderedDict[SearchFilters, np.ndarray] = OrderedDict()
+        self._matches_lock = threading.Lock()
+        if self.index.ntotal != len(self.metadata):
             log.warning("FAISS index holds %d vectors but the metadata %d rows; results without "
                         "metadata are left out (rerun 'tomeray index' to rebuild the index)",
-                        self.index.ntotal, len(self._ids))
+                        self.index.ntotal, len(self.metadata))
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -186,6 +205,14 @@ class VideoSearcher:
                               hint="search with the index's own model (drop the model overrides)")
         log.info("query encoder: %s on %s (%s)", encoder.arch, encoder.device, encoder.weights_id)
         return encoder
+
+    def use_encoder(self, encoder) -> None:
+        """Search with an encoder already built (e.g. shared by the indexes of a server); refused if
+        its identity differs from this index's model."""
+        check_same_embeddings(self.manifest, {"model": _json_form(encoder.identity())},
+                              f"index '{self.layout.root}'", "the shared encoder", paths=("model",),
+                              hint="serve indexes built with the same model together")
+        self.__dict__["encoder"] = encoder  # the cached_property's slot
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(Q,) query strings -> (Q, D) float32 unit vectors."""
@@ -218,43 +245,125 @@ class VideoSearcher:
 
     # ------------------------------------------------------------------------------- search
 
-    def search(self, query: str | os.PathLike, k: int = 10) -> list[SearchResult]:
-        """Ranked results for a text query, or for a video when ``query`` is a video file."""
+    def search(self, query: str | os.PathLike, k: int = 10, *, offset: int = 0,
+               filters: SearchFilters | None = None) -> list[SearchResult]:
+        """Ranked results for a text query, or for a video when ``query`` is a video file; ``offset``
+        skips the best ones (pages), ``filters`` keeps rows whose metadata match."""
         if is_video_query(query):
-            return self.search_video(query, k)
-        return self.search_text(str(query), k)
+            return self.search_video(query, k, offset=offset, filters=filters)
+        return self.search_text(str(query), k, offset=offset, filters=filters)
 
-    def search_text(self, text: str, k: int = 10) -> list[SearchResult]:
-        return self.search_many([text], k)[0]
+    def search_text(self, text: str, k: int = 10, **options) -> list[SearchResult]:
+        return self.search_many([text], k, **options)[0]
 
-    def search_many(self, texts: Sequence[str], k: int = 10) -> list[list[SearchResult]]:
+    def search_many(self, texts: Sequence[str], k: int = 10, **options) -> list[list[SearchResult]]:
         """One ranked list per text query, encoded and searched as one batch."""
         check_k(k)
-        return self.search_embeddings(self.encode_text(texts), k)
+        return self.search_embeddings(self.encode_text(texts), k, **options)
 
-    def search_video(self, path: str | os.PathLike, k: int = 10) -> list[SearchResult]:
+    def search_video(self, path: str | os.PathLike, k: int = 10, **options) -> list[SearchResult]:
         check_k(k)
-        return self.search_embeddings(self.encode_video(path), k)[0]
+        return self.search_embeddings(self.encode_video(path), k, **options)[0]
 
-    def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
-        """Ranked results for query embeddings (Q, D) made by this index's encoder."""
+    def search_like(self, video_id: int, k: int = 10, **options) -> list[SearchResult]:
+        """Rows like an indexed row, by its stored embedding (no decoding); the row itself is left out."""
         check_k(k)
-        scores, ids = search_index(self.index, queries, k, nprobe=self.nprobe, ef_search=self.ef_search)
-        return [self._results(s, i) for s, i in zip(scores, ids)]
+        return self.search_embeddings(self.embedding_of(video_id)[None], k, exclude=int(video_id),
+                                      **options)[0]
 
-    def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
-        results = []
-        for score, video_id in zip(scores, ids):
-            if video_id < 0:
-                continue  # fewer neighbours found than asked for
-            row = int(np.searchsorted(self._ids, video_id))
-            if row >= len(self._ids) or self._ids[row] != video_id:
-                continue  # in the FAISS index but not in the metadata (stale index)
-            m = self._meta
-            results.append(SearchResult(len(results) + 1, float(score), int(video_id), str(m["path"][row]),
-                                        float(m["start_s"][row]), float(m["end_s"][row]),
-                                        float(m["duration_s"][row])))
-        return results
+    def search_embeddings(self, queries: np.ndarray, k: int = 10, *, offset: int = 0,
+                          filters: SearchFilters | None = None,
+                          exclude: int | None = None) -> list[list[SearchResult]]:
+        """Ranked results for query embeddings (Q, D) made by this index's encoder: ranks
+        ``offset + 1 .. offset + k`` among the rows ``filters`` lets through, ``exclude`` left out."""
+        check_k(k)
+        check_offset(offset)
+        ranking = self.rank(queries, offset + k + (exclude is not None), filters)
+        return [self.join(s, i, offset, k, exclude) for s, i in zip(ranking.scores, ranking.ids)]
+
+    def rank(self, queries: np.ndarray, want: int, filters: SearchFilters | None = None) -> Ranking:
+        """The FAISS step of a search: the ``want`` best (score, id) per query."""
+        allowed = self.matching_ids(filters) if filters else None
+        return rank(self.index, queries, want, allowed, nprobe=self.nprobe, ef_search=self.ef_search)
+
+    def matching_ids(self, filters: SearchFilters) -> np.ndarray:
+        """The sorted ids of the rows ``filters`` lets through (kept for the last few filters)."""
+        with self._matches_lock:
+            if filters in self._matches:
+                self._matches.move_to_end(filters)
+                return self._matches[filters]
+        ids = matching_ids(self.metadata, filters, self.id_root)
+        with self._matches_lock:
+            self._matches[filters] = ids
+            while len(self._matches) > FILTER_CACHE:
+                self._matches.popitem(last=False)
+        return ids
+
+    def join(self, scores: np.ndarray, ids: np.ndarray, offset: int = 0, k: int | None = None,
+             exclude: int | None = None) -> list[SearchResult]:
+        """The metadata step: ranked (score, id) -> results ``offset + 1 ..`` (k of them at most)."""
+        keep = (ids >= 0) & (ids != (-1 if exclude is None else exclude))
+        scores, ids = scores[keep], ids[keep]
+        positions = self.metadata.positions(ids)
+        found = positions >= 0  # ids in FAISS but not in the metadata (a stale index) are left out
+        scores, positions = scores[found], positions[found]
+        end = len(positions) if k is None else offset + k
+        rows = self.metadata.rows(positions[offset:end])
+        return [SearchResult(rank_, float(score), r["video_id"], r["path"], r["start_s"], r["end_s"],
+                             r["duration_s"])
+                for rank_, (score, r) in enumerate(zip(scores[offset:end].tolist(), rows),
+                                                   start=offset + 1)]
+
+    # ------------------------------------------------------------------------------ rows
+
+    def row(self, video_id: int) -> SearchResult | None:
+        """An indexed row's metadata (rank 0, score NaN), or None for an unknown id."""
+        return self.rows([video_id])[0]
+
+    def rows(self, video_ids) -> list[SearchResult | None]:
+        """:meth:`row` for many ids at once (one lookup per column)."""
+        positions = self.metadata.positions(video_ids)
+        found = iter(self.metadata.rows(positions[positions >= 0]))
+        out: list[SearchResult | None] = []
+        for position in positions.tolist():
+            if position < 0:
+                out.append(None)
+                continue
+            r = next(found)
+            out.append(SearchResult(0, float("nan"), r["video_id"], r["path"], r["start_s"], r["end_s"],
+                                    r["duration_s"]))
+        return out
+
+    def _position(self, video_id: int) -> int:
+        position = int(self.metadata.positions([video_id])[0])
+        if position < 0:
+            raise InputError(f"video id {video_id} is not in index '{self.layout.root}'")
+        return position
+
+    def embedding_of(self, video_id: int) -> np.ndarray:
+        """The stored (D,) float32 embedding of a row."""
+        shard, row = self.metadata.shard_row(self._position(video_id))
+        return np.asarray(self._cells.value(shard, row, "embedding").values.to_numpy(), np.float32)
+
+    def thumbnail_frame(self, video_id: int) -> int:
+        """The frame number a row's thumbnail shows (for rows indexed without one)."""
+        from tomeray.operators.thumbnail import middle_frame
+
+        shard, row = self.metadata.shard_row(self._position(video_id))
+        return middle_frame(self._cells.value(shard, row, "frame_indices").as_py() or [])
+
+    def has_thumbnail(self, video_id: int) -> bool:
+        return self.metadata.thumbnail_row(self._position(video_id)) is not None
+
+    def thumbnail_of(self, video_id: int) -> bytes | None:
+        """A row's stored JPEG thumbnail, or None when the index has none for it."""
+        where = self.metadata.thumbnail_row(self._position(video_id))
+        return None if where is None else self._cells.value(where[0], where[1], "thumbnail").as_py()
+
+
+def check_offset(offset) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int | np.integer) or offset < 0:
+        raise InputError(f"offset must be a non-negative integer, got {offset!r}")
 
 
 def check_k(k) -> None:

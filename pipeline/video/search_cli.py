@@ -12,6 +12,7 @@ from tomeray.models.errors import InputError
 from tomeray.pipeline.core.config import load_config, split_overrides
 from tomeray.pipeline.core.runner import run_command
 from tomeray.pipeline.video.config import SearchConfig
+from tomeray.pipeline.video.layout import adapter_line
 from tomeray.pipeline.video.search import SearchResult, VideoSearcher, check_k, is_video_query
 
 __all__ = ["format_results", "format_time", "main"]
@@ -63,6 +64,7 @@ def _print(searcher: VideoSearcher, query: str, kind: str, results: list[SearchR
         print(json.dumps({
             "index": str(searcher.layout.root), "query": query, "query_type": kind,
             "weights_id": searcher.weights_id, "random_weights": searcher.random_weights,
+            "adapter": searcher.manifest["model"].get("adapter"),
             "results": [r.to_dict() for r in results],
         }, indent=2))
         return
@@ -70,6 +72,7 @@ def _print(searcher: VideoSearcher, query: str, kind: str, results: list[SearchR
     print(f"index:   {searcher.layout.root} ({len(searcher)} vectors, {factory})")
     print(f"weights: {searcher.weights_id}" + (
         "  (RANDOM weights: scores and rankings are not meaningful)" if searcher.random_weights else ""))
+    print(adapter_line(searcher.manifest, searcher.model_config.adapter))
     print(f"query:   {query!r} ({kind})")
     print(format_results(results))
 

@@ -1,6 +1,8 @@
 """Writes embedded rows as they stream back to the driver: Parquet parts (atomic, run-unique names)
 every ``shard_rows`` rows or ``flush_s`` seconds, and at the end. A crash loses at most the rows
-not yet written; a rerun embeds only videos without rows."""
+not yet written; a rerun embeds only videos without rows. Rows that carry a ``thumbnail`` (JPEG
+bytes from the decode stage) get it written to a thumbnails part of the same name, before the
+embeddings part (so an embedded row never lacks a thumbnail that was made for it)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 from tomeray.pipeline.core.errors_table import error_row
+from tomeray.pipeline.core.timing import CostTotals
 from tomeray.pipeline.video.ids import stable_id
-from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema
+from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema, thumbnails_schema
 
 __all__ = ["ShardWriter"]
 
@@ -27,6 +30,7 @@ class ShardWriter:
         self.origin = origin or {}  # canonical path -> the input that named it
         self.schema = embeddings_schema(dim)
         self._rows: list[pa.Table] = []
+        self._thumbnails: list[pa.Table] = []
         self._errors: list[dict] = []
         self._pending = 0
         self._last_flush = time.monotonic()
@@ -37,6 +41,8 @@ class ShardWriter:
         self.seen_paths: set[str] = set()
         self.decode_nodes: Counter = Counter()
         self.embed_nodes: Counter = Counter()
+        self.costs = CostTotals(("decode", "embed"))  # the stages' cost columns (pipeline.core.timing)
+        self.first_row_at = 0.0  # epoch seconds when the first embedded row reached the driver
 
     def add_errors(self, rows: list[dict]) -> None:
         for r in rows:
@@ -49,6 +55,8 @@ class ShardWriter:
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         paths = [str(p) for p in batch["path"]]
+        self.first_row_at = self.first_row_at or time.time()
+        self.costs.add(batch)
         self.seen_paths.update(paths)
         self.decode_nodes.update(str(n) for n in batch["decode_node"])
         self.embed_nodes.update(str(n) for n in batch["embed_node"])
@@ -57,7 +65,12 @@ class ShardWriter:
                                      str(batch["error_message"][i])) for i in np.flatnonzero(failed)])
         ok = np.flatnonzero(~failed)
         if len(ok):
-            self._rows.append(self._table(batch, paths, ok))
+            table = self._table(batch, paths, ok)
+            self._rows.append(table)
+            thumbnails = _thumbnail_table(table["video_id"], batch["thumbnail"][ok]) if "thumbnail" in batch \
+                else None
+            if thumbnails is not None and thumbnails.num_rows:
+                self._thumbnails.append(thumbnails)
             self._pending += len(ok)
             self.ok_paths.update(paths[i] for i in ok)
         if self._pending >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_s:
@@ -82,6 +95,8 @@ class ShardWriter:
 
     def flush(self) -> None:
         name = f"{self.run_id}-{self._seq:05d}"
+        if self._thumbnails:
+            self.layout.write_thumbnails(pa.concat_tables(self._thumbnails), name)
         if self._rows:
             table = pa.concat_tables(self._rows)
             self.layout.write_embeddings(table, name)
@@ -90,5 +105,13 @@ class ShardWriter:
             self.layout.write_errors(self._errors, name)
         if self._rows or self._errors:
             self._seq += 1
-        self._rows, self._errors, self._pending = [], [], 0
+        self._rows, self._errors, self._thumbnails, self._pending = [], [], [], 0
         self._last_flush = time.monotonic()
+
+
+def _thumbnail_table(video_ids: pa.Array, thumbnails) -> pa.Table:
+    """The (video_id, thumbnail) rows of the thumbnails that were made (empty bytes: none)."""
+    data = [bytes(t) if t is not None else b"" for t in thumbnails]
+    keep = [i for i, t in enumerate(data) if t]
+    return pa.Table.from_pydict({"video_id": video_ids.take(keep), "thumbnail": [data[i] for i in keep]},
+                                schema=thumbnails_schema())

@@ -1,0 +1,92 @@
+"""What the pipeline benchmarks (``bench_index``, ``bench_reconstruct``) share: the real command run
+cold in a fresh process and read back from its run record, each stage alone on the cluster with
+the same efficiency definition (``pipeline.core.timing``), and the validity check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tomeray.pipeline.core.timing import CostTotals, run_costs
+
+__all__ = ["NAN", "alone_row", "check_valid", "drain", "fmt", "format_startup", "load_average", "run_cold"]
+
+NAN = float("nan")
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def run_cold(command: str, inputs: list[str], out: Path, overrides: list[str]) -> tuple[dict, float]:
+    """``tomeray <command> inputs --out out overrides`` in a fresh process (Python start, imports,
+    Ray start, actors: what a user waits for); (its run record, the command's wall seconds)."""
+    argv = [sys.executable, "-m", "tomeray.pipeline.cli", command, *inputs, "--out", str(out), *overrides]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    records = sorted((out / "runs").glob("*.json"))
+    if done.returncode not in (0, 1) or not records:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise RuntimeError(f"the {command} command failed (exit {done.returncode}): {' '.join(argv)}")
+    return json.loads(records[-1].read_text()), seconds
+
+
+def drain(ds, stage: str) -> CostTotals:
+    """Run ``ds`` to the end, keeping only its ``stage`` cost columns."""
+    columns = [f"{stage}_cpu_s", f"{stage}_wall_s", f"{stage}_done_at"]
+    totals = CostTotals((stage,))
+    for batch in ds.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"):
+        totals.add(batch)
+    return totals
+
+
+def alone_row(stage: str, totals: CostTotals, items: int, start: float, end: float, cores: float,
+              unit: str) -> dict:
+    """A stage run alone: items/s, its cost per item, its efficiency alone (its work / (cores x its
+    seconds)), and from its first result on."""
+    costs = run_costs(totals, items, start, end, cores, steady_from=totals.first.get(f"{stage}_done_at"))
+    return {"stage": stage, unit: items, "seconds": end - start, f"{unit}_per_s": costs["items_per_s"],
+            f"{stage}_cpu_s": costs["cpu_s_per_item"].get(stage, NAN), "efficiency": costs["efficiency"],
+            "efficiency_steady": costs.get("efficiency_steady", NAN), "valid": costs["valid"]}
+
+
+def pipeline_figures(record: dict, command_s: float) -> dict:
+    """The pipeline row's efficiency figures from a run record (``efficiency_command``: the same
+    work over the whole command, Python start to exit)."""
+    costs = record["costs"]
+    command = costs["efficiency"] * costs["seconds"] / command_s
+    return {"seconds": costs["seconds"], "bound_kind": costs["bound_kind"], "efficiency": costs["efficiency"],
+            "efficiency_steady": costs.get("efficiency_steady", NAN), "efficiency_command": command,
+            "command_s": command_s, "startup": record["startup"], "startup_cpu": record["startup_cpu"],
+            "cores": costs["cores"], "run_id": record["run_id"], "valid": costs["valid"] and command <= 1.001}
+
+
+def fmt(value, spec: str) -> str:
+    return "" if value is None or value != value else format(value, spec)
+
+
+def format_startup(row: dict, first_key: str, what: str) -> str:
+    """The start-up milestones (seconds from the job's start) and start-up CPU seconds."""
+    lines = [f"time to first {what}: {row[first_key]:.1f} s from the job's start (milestones, seconds from "
+             "the job's start; a stage's *_at = its earliest row or actor):"]
+    lines += [f"  {name:<22} {seconds:8.2f}" for name, seconds in sorted(row["startup"].items(),
+                                                                          key=lambda kv: kv[1])]
+    lines.append("start-up CPU seconds (they do not stretch with load): " +
+                 ", ".join(f"{name} {value:g}" for name, value in row["startup_cpu"].items()))
+    return "\n".join(lines)
+
+
+def check_valid(rows: list[dict]) -> int:
+    """0, or 1 after saying which figure exceeds 1 (a wrong measurement, by construction)."""
+    wrong = [r["stage"] for r in rows if "valid" in r and not r["valid"]]
+    if wrong:
+        print(f"MEASUREMENT WRONG: an efficiency above 1 in {', '.join(wrong)} (CPU time counted outside the "
+              "timed window, or fewer cores counted than the work ran on)", file=sys.stderr)
+        return 1
+    return 0
