@@ -91,7 +91,7 @@ step index 110 "$PYTHON" -m tomeray.jobs.bench_index --videos 200 --faiss-n 0 --
   inference.device=cuda
 if (( PRINT )) || timeout 60 "$PYTHON" -c "import sys, faiss; sys.exit(0 if hasattr(faiss, 'StandardGpuResources') and faiss.get_num_gpus() > 0 else 1)"; then
   step faiss 45 "$PYTHON" -m tomeray.jobs.bench_faiss --gpu --n 1000000 --dim 512 --queries 1000 \
-    --presets ivf,ivfpq --datasets clustered --no-sweep --json "$OUT_DIR/faiss.json"
+    --presets ivf,ivfpq --distributed-n 0 --json "$OUT_DIR/faiss.json"
 else
   echo "== faiss: skipped, faiss-gpu is not installed (the faiss module has no GPU support)"
   SUMMARY+=("{\"step\": \"faiss\", \"status\": \"skipped: no faiss-gpu\", \"seconds\": 0}")

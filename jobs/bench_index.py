@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             from tomeray.jobs.bench_faiss import format_table as faiss_table
             from tomeray.jobs.bench_faiss import run_faiss_bench
 
-            faiss_rows = run_faiss_bench(args.faiss_n, pipe["dim"], 200, datasets=("clustered",), sweep=False,
-                                         use_gpu=args.faiss_gpu)
+            faiss_rows = run_faiss_bench(args.faiss_n, pipe["dim"], 200, incremental=False, mmap=False,
+                                         distributed_n=0, use_gpu=args.faiss_gpu)
             print(faiss_table(faiss_rows))
-            rows.extend({"stage": "faiss", **r} for r in faiss_rows)
+            rows.extend({**r, "stage": "faiss", "faiss_stage": r["stage"]} for r in faiss_rows)
         if args.json:
             atomic_write_json(args.json, {"rows": rows})
     finally:

@@ -1,4 +1,5 @@
-"""pipeline.faiss_index on real FAISS indexes: build, save/load, search, presets, GPU selection."""
+"""pipeline.video.faiss_index on real FAISS indexes: build, save/load (and memory-mapped loads),
+search, presets, GPU selection."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import logging
 import faiss
 import numpy as np
 import pytest
-from tomeray.jobs.bench_faiss import make_vectors
+from tomeray.jobs.bench_faiss_data import make_vectors
 from tomeray.models.errors import ConfigError, InputError, TomerayError
 from tomeray.pipeline.video import faiss_index as fi
+from tomeray.pipeline.video import faiss_runtime as fi_runtime
 
 
 def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -31,11 +33,11 @@ def test_round_trip_keeps_ids_vectors_and_settings(tmp_path):
     path = fi.save_index(index, tmp_path / "sub" / "index.faiss")
     assert path.is_file() and not list(path.parent.glob(".*.tmp"))
     loaded = fi.load_index(path)
-    assert isinstance(loaded, faiss.IndexIDMap2)
+    assert isinstance(loaded, faiss.IndexIDMap)
     assert loaded.ntotal == 500 and loaded.d == 16
     np.testing.assert_array_equal(fi.index_ids(loaded), ids)
     assert faiss.extract_index_ivf(loaded).nprobe == faiss.extract_index_ivf(index).nprobe
-    np.testing.assert_allclose(loaded.reconstruct(int(ids[7])), x[7], atol=1e-6)
+    assert fi.trained_fingerprint(loaded) == fi.trained_fingerprint(index)
     # Each vector finds itself (exhaustive probing), by its own id, with cosine 1.
     scores, found = fi.search_index(loaded, x[:20], 1, nprobe=8)
     np.testing.assert_array_equal(found[:, 0], ids[:20])
@@ -62,17 +64,39 @@ def test_k_beyond_the_index_size_and_empty_indexes():
     assert scores.shape == ids.shape == (2, 0)
 
 
-@pytest.mark.parametrize("preset, n, minimum",
-                         [("ivf", 4000, 0.9), ("hnsw", 4000, 0.9), ("ivfpq", 10000, 0.3)])
-def test_presets_have_sane_recall_on_clustered_data(preset, n, minimum):
+@pytest.fixture(scope="module")
+def ivfpq_case():
+    base, queries = make_vectors("clustered", 10000, 32, 100, seed=3)
+    return base, queries, fi.build_index(base, np.arange(10000), "ivfpq")
+
+
+@pytest.mark.parametrize("preset, n", [("ivf", 4000), ("hnsw", 4000), ("ivfpq", 10000)])
+def test_presets_reach_high_recall_at_their_default_settings(preset, n, ivfpq_case):
     base, queries = make_vectors("clustered", n, 32, 100, seed=3)
-    index = fi.build_index(base, np.arange(n), preset)
-    factory = fi.resolve_factory(preset, n, 32)
-    assert factory != "Flat"
+    index = ivfpq_case[2] if preset == "ivfpq" else fi.build_index(base, np.arange(n), preset)
+    assert fi.resolve_factory(preset, n, 32) != "Flat"
     inner = faiss.downcast_index(index.index)
-    kinds = {"ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}
-    assert isinstance(inner, kinds[preset])
-    assert recall_at_10(index, base, queries) >= minimum
+    if preset == "ivfpq":  # IVF-PQ candidates re-ranked with 8-bit scalar-quantised vectors
+        assert isinstance(inner, faiss.IndexRefine)
+        assert isinstance(faiss.downcast_index(inner.base_index), faiss.IndexIVFPQ)
+        assert isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexScalarQuantizer)
+    else:
+        assert isinstance(inner, {"ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSW}[preset])
+    assert recall_at_10(index, base, queries) >= 0.95
+
+
+def test_re_ranking_is_what_lifts_ivfpq_recall(ivfpq_case):
+    base, queries, index = ivfpq_case
+    exact = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    recalls = []
+    for k_factor in (1, 4, 32):
+        _, found = fi.search_index(index, queries, 10, k_factor=k_factor)
+        recalls.append(np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, exact)]))
+    assert recalls[0] < recalls[1] < recalls[2]
+    assert fi.search_defaults(index)["k_factor"] == fi.REFINE_K_FACTOR
+    # nprobe reaches the IVF-PQ under the re-ranking: one list only is worse than the default
+    _, one_list = fi.search_index(index, queries, 10, nprobe=1)
+    assert np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(one_list, exact)]) < recalls[2]
 
 
 def test_more_probes_never_lower_recall():
@@ -90,7 +114,7 @@ def test_more_probes_never_lower_recall():
 
 def test_presets_size_themselves_and_fall_back_to_flat_when_too_small(caplog):
     assert fi.resolve_factory("ivf", 1_000_000, 512) == "IVF4000,Flat"
-    assert fi.resolve_factory("ivfpq", 1_000_000, 512) == "IVF4000,PQ64np"
+    assert fi.resolve_factory("ivfpq", 1_000_000, 512) == "IVF4000,PQ64np,Refine(SQ8)"
     assert fi.resolve_factory("IVF ", 5000, 512) == "IVF128,Flat"  # nlist capped at N/39
     assert fi.resolve_factory("hnsw", 10, 512) == "HNSW32"
     assert fi.resolve_factory("IVF64,Flat", 10, 512) == "IVF64,Flat"  # factory strings are literal
@@ -180,7 +204,9 @@ def test_only_flat_and_ivf_indexes_are_sent_to_a_gpu():
     flat = fi.build_index(x, np.arange(400), "Flat", use_gpu="never")
     ivf = fi.build_index(x, np.arange(400), "IVF4,Flat", use_gpu="never")
     hnsw = fi.build_index(x, np.arange(400), "HNSW16", use_gpu="never")
-    assert fi._gpu_capable(flat) and fi._gpu_capable(ivf) and not fi._gpu_capable(hnsw)
+    ivfpq = fi.build_index(unit(20000, 16), np.arange(20000), "ivfpq", use_gpu="never")
+    capable = fi_runtime._gpu_capable
+    assert capable(flat) and capable(ivf) and not capable(hnsw) and not capable(ivfpq)
     assert fi.index_to_device(hnsw, "auto") is hnsw
     assert fi.index_to_device(flat, "never") is flat
     moved = fi.index_to_device(flat, "auto")
@@ -189,13 +215,55 @@ def test_only_flat_and_ivf_indexes_are_sent_to_a_gpu():
     np.testing.assert_array_equal(fi.search_index(moved, x[:5], 3)[1], fi.search_index(flat, x[:5], 3)[1])
 
 
-def test_faiss_benchmark_rows_compare_against_flat_in_the_same_run():
-    from tomeray.jobs.bench_faiss import run_faiss_bench
+@pytest.mark.parametrize("preset", ["flat", "IVF8,Flat", "hnsw", "IVF8,PQ4np,Refine(SQ8)"])
+def test_memory_mapped_loads_search_like_reads(tmp_path, preset):
+    base, queries = make_vectors("clustered", 3000, 16, 20, seed=5)
+    index = fi.build_index(base, np.arange(3000) * 3, preset)
+    path = fi.save_index(index, tmp_path / "index.faiss")
+    factory = fi.resolve_factory(preset, 3000, 16)
+    read = fi.load_index(path)
+    mapped = fi.load_index(path, mmap=True, factory=factory)
+    ivf = fi.ivf_or_none(mapped)
+    if fi.mmap_flag(factory) == faiss.IO_FLAG_MMAP:  # IVF: the inverted lists are mapped from the file
+        assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+    for knobs in ({}, {"nprobe": 2}, {"ef_search": 16}):
+        expected = fi.search_index(read, queries, 5, **knobs)
+        got = fi.search_index(mapped, queries, 5, **knobs)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
 
-    rows = run_faiss_bench(2000, 32, 50, presets=("ivf", "hnsw"), datasets=("clustered",), sweep=False)
-    assert [r["index"] for r in rows] == ["flat", "ivf", "hnsw"]
-    keys = {"index", "n", "dim", "build_s", "ms_per_query", "recall_at_10", "speedup_vs_flat"}
-    assert all(keys <= set(r) for r in rows)
-    assert rows[0]["recall_at_10"] == 1.0 and rows[0]["speedup_vs_flat"] == 1.0
-    assert all(0.0 <= r["recall_at_10"] <= 1.0 and r["ms_per_query"] > 0 for r in rows)
-    assert rows[1]["factory"] == "IVF51,Flat"
+
+def test_mmap_part_follows_the_factory():
+    assert fi.mmap_flag("IVF100,Flat") == faiss.IO_FLAG_MMAP
+    assert fi.mmap_flag("IVF100,PQ8") == faiss.IO_FLAG_MMAP
+    for factory in ("Flat", "HNSW32", "IVF100,PQ8np,Refine(SQ8)", "IVF100,PQ8,RFlat"):
+        assert fi.mmap_flag(factory) == faiss.IO_FLAG_MMAP_IFC
+
+
+def test_fingerprints_tell_trained_parts_apart():
+    x = unit(2000, 16)
+    a = fi.build_index(x, np.arange(2000), "IVF8,Flat", train_size=500, seed=1)
+    twin = fi.build_index(x, np.arange(2000), "IVF8,Flat", train_size=500, seed=1)
+    other_sample = fi.build_index(x, np.arange(2000), "IVF8,Flat", train_size=500, seed=2)
+    assert fi.trained_fingerprint(a) == fi.trained_fingerprint(twin)
+    assert fi.trained_fingerprint(a) != fi.trained_fingerprint(other_sample)
+    # the same trained parts holding other vectors: the same fingerprint
+    emptied = fi.deserialize_index(fi.serialize_index(a))
+    emptied.reset()
+    assert emptied.ntotal == 0 and fi.trained_fingerprint(emptied) == fi.trained_fingerprint(a)
+    pq = [fi.build_index(x, np.arange(2000), "IVF8,PQ4np", train_size=1200, seed=s) for s in (1, 2)]
+    assert fi.trained_fingerprint(pq[0]) != fi.trained_fingerprint(pq[1])
+    flat, hnsw = (fi.build_index(x, np.arange(2000), f) for f in ("flat", "hnsw"))
+    assert fi.trained_fingerprint(flat) != fi.trained_fingerprint(hnsw)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ4x4np,Refine(SQ8)"])
+def test_a_template_sent_to_a_worker_trains_like_the_original(factory):
+    """Training settings FAISS does not save (spherical k-means for inner product, PQ sampling)
+    are set when training, so a serialised copy of an untrained index trains to the same parts."""
+    sample = unit(1024, 16)
+    original, concrete = fi.new_index(factory, 8000, 16, "ip")
+    copy = fi.deserialize_index(fi.serialize_index(original))
+    for index in (original, copy):
+        fi.train_index(index, sample, concrete, use_gpu="never")
+    assert fi.trained_fingerprint(copy) == fi.trained_fingerprint(original)

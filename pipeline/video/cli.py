@@ -43,6 +43,12 @@ def print_summary(s: IndexSummary, merged: bool = False) -> None:
                          f"{c['efficiency']:.2f} (stage work / {c['cores']:g} cores x {c['seconds']:.1f} s; "
                          f"bound {c['bound_per_s']:.2f} videos/s; run record runs/{s.run_id}.json)")
     lines.append(f"index now holds {s.total_rows} rows from {s.total_videos} videos")
+    if s.faiss.get("build"):
+        b = s.faiss["build"]
+        why = f": {b['reason']}" if b.get("reason") else ""
+        lines.append(f"FAISS {s.faiss['factory']}: {b['mode']}{why}; {b['added']} vectors added, "
+                     f"{b['removed']} removed, {s.faiss['ntotal']} in all "
+                     f"(trained on {s.faiss['trained_on']})")
     if s.adapter:
         lines.append(s.adapter)
     print_report(lines, s.weights_id, "not meaningful for retrieval", s.failures, f"{s.out}/errors")

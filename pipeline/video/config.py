@@ -10,6 +10,7 @@ from tomeray.models.device import InferenceConfig
 from tomeray.models.tempme import VideoModelConfig
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.core.graph import ActorPoolConfig, RayJobConfig
+from tomeray.pipeline.video.faiss_config import FaissConfig
 
 __all__ = ["FaissConfig", "IndexConfig", "IndexOutputConfig", "InputConfig",
            "SamplingConfig", "SearchConfig", "SearchModelConfig", "absolute_path"]
@@ -33,13 +34,6 @@ class InputConfig:
     extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
     list_column: str = "path"  # column of CSV/Parquet input lists
     id_root: str | None = None  # ids from paths relative to this root (same ids wherever it is mounted)
-
-
-@dataclass
-class FaissConfig:
-    factory: str = "flat"  # preset (flat, ivf, hnsw, ivfpq) or a FAISS factory string
-    train_size: int | None = None
-    use_gpu: str = "auto"
 
 
 @dataclass

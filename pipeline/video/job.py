@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tomeray.models.errors import InputError
 from tomeray.models.tempme import VideoModelConfig
 from tomeray.operators.worker import process_started_at
@@ -43,7 +42,7 @@ from tomeray.pipeline.video.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IndexSummary", "completed_paths", "finish_index", "run_index"]
+__all__ = ["IndexSummary", "completed_paths", "faiss_summary", "finish_index", "run_index"]
 
 
 @dataclass
@@ -67,6 +66,7 @@ class IndexSummary:
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
     embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
     failures: list[dict] = field(default_factory=list)  # this run's error rows
+    faiss: dict = field(default_factory=dict)  # what the FAISS build did (faiss_summary)
     adapter: str = ""  # layout.adapter_line(): the trained adapter the embeddings were made with
 
     @property
@@ -93,26 +93,37 @@ def completed_paths(layout: IndexLayout, segment_s: float | None = None) -> set[
 
 def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, build_faiss: bool,
                  done_paths: set[str]) -> dict:
-    """Rebuild the FAISS index over every shard, then write the manifest (the last write)."""
-    table = layout.read_embeddings(["video_id", "path", "embedding"])
-    dim = int(manifest["dim"])
-    factory = None
-    if build_faiss:
-        from tomeray.pipeline.video.faiss_index import build_index, resolve_factory, save_index
+    """Bring the FAISS index up to date with every shard (trained once, then grown by the rows it
+    lacks: :mod:`tomeray.pipeline.video.faiss_build`), then write the manifest (the last write).
+    The manifest's ``faiss`` entry records the index; ``faiss_factory`` / ``faiss_spec`` are kept
+    for readers of older manifests."""
+    from tomeray.pipeline.video.faiss_build import faiss_entry, remove_faiss_files, update_faiss
 
-        vectors = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = vectors.reshape(table.num_rows, dim).astype(np.float32, copy=False)
-        factory = resolve_factory(faiss_cfg.factory, table.num_rows, dim)
-        index = build_index(vectors, table["video_id"].to_numpy(), faiss_cfg.factory,
-                            metric=manifest["metric"], train_size=faiss_cfg.train_size,
-                            use_gpu=faiss_cfg.use_gpu)
-        save_index(index, layout.faiss_path)
+    table = layout.read_embeddings(["video_id", "path"])
+    entry = None
+    if build_faiss:
+        prior = faiss_entry(manifest)
+
+        def mark_ondisk() -> None:  # searchers must know before the file changes form
+            layout.write_manifest({**manifest, "faiss": {**(prior or {}), "ondisk": True}})
+
+        entry = update_faiss(layout.faiss_path, layout.embedding_shards(), faiss_cfg,
+                             dim=int(manifest["dim"]), metric=manifest["metric"], prior=prior,
+                             before_ondisk_swap=mark_ondisk)
     else:  # a FAISS file from an earlier run would silently miss the new rows
-        layout.faiss_path.unlink(missing_ok=True)
+        remove_faiss_files(layout.faiss_path)
     errors = layout.read_errors(done_paths=done_paths)
     counts = {"rows": table.num_rows, "videos": len(set(table["path"].to_pylist())),
               "errors": errors.num_rows}
-    return layout.finish(manifest, faiss_factory=factory, faiss_spec=faiss_cfg.factory, counts=counts)
+    return layout.finish(manifest, faiss=entry, faiss_factory=entry["factory"] if entry else None,
+                         faiss_spec=faiss_cfg.factory, counts=counts)
+
+
+def faiss_summary(manifest: dict) -> dict:
+    """The manifest's FAISS record without its bookkeeping: for run records and the report."""
+    entry = manifest.get("faiss") or {}
+    keys = ("factory", "ntotal", "trained_on", "bytes_per_vector", "build")
+    return {k: entry[k] for k in keys if k in entry}
 
 
 def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
@@ -245,7 +256,7 @@ def run_index(
         pipeline_s=pipeline_s, rows=writer.rows_written, total_rows=manifest["counts"]["rows"],
         total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
         decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
-        failures=list(writer.failed.values()), adapter=adapter_line(manifest),
+        failures=list(writer.failed.values()), faiss=faiss_summary(manifest), adapter=adapter_line(manifest),
         first_embedding_s=startup.get("embed_done_at", float("nan")), startup=startup,
         startup_cpu=startup_cpu, costs=costs,
     )

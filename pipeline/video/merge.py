@@ -12,7 +12,8 @@ from tomeray.models.errors import InputError
 from tomeray.pipeline.core.config import load_config
 from tomeray.pipeline.core.output import new_run_id
 from tomeray.pipeline.video.config import IndexConfig
-from tomeray.pipeline.video.job import IndexSummary, completed_paths, finish_index
+from tomeray.pipeline.video.faiss_build import faiss_entry
+from tomeray.pipeline.video.job import IndexSummary, completed_paths, faiss_summary, finish_index
 from tomeray.pipeline.video.layout import IndexLayout, adapter_line, check_same_embeddings
 
 __all__ = ["merge_indexes"]
@@ -38,7 +39,8 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
         check_same_embeddings(manifests[0], m, f"index '{layouts[0].root}'", f"index '{src.root}'",
                               hint="merge only indexes built with the same model and sampling")
     if not any(o.startswith("faiss.factory=") for o in overrides):
-        cfg.faiss.factory = manifests[0].get("faiss_spec") or manifests[0].get("faiss_factory") or "flat"
+        source = faiss_entry(manifests[0]) or {}
+        cfg.faiss.factory = source.get("spec") or source.get("factory") or "flat"
     header = {k: manifests[0].get(k) for k in HEADER_KEYS}  # "adapter": absent before adapters
     manifest = out_layout.open(header, f"index '{layouts[0].root}'")
 
@@ -68,7 +70,8 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
         indexed=len(added_paths), skipped=duplicates, failed=manifest["counts"]["errors"],
         seconds=time.perf_counter() - started, videos_per_s=0.0, weights_id=manifest["weights_id"],
         rows=added_rows, total_rows=manifest["counts"]["rows"], total_videos=manifest["counts"]["videos"],
-        out=str(out_layout.root), run_id=run_id, adapter=adapter_line(manifest),
+        out=str(out_layout.root), run_id=run_id, faiss=faiss_summary(manifest),
+        adapter=adapter_line(manifest),
     )
     out_layout.write_run_record(run_id, {**dataclasses.asdict(summary),
                                          "merged_from": [str(s.root) for s in layouts]})

@@ -35,7 +35,9 @@ from functools import cached_property
 import numpy as np
 from tomeray.models.errors import ConfigError, InputError
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
+from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry
 from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index
+from tomeray.pipeline.video.faiss_runtime import available_memory
 from tomeray.pipeline.video.filters import Ranking, SearchFilters, matching_ids, rank
 from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
 from tomeray.pipeline.video.metadata import MetadataTable, ParquetCells
@@ -119,7 +121,9 @@ class VideoSearcher:
     ``device`` / ``precision``: where and how the encoder runs (``models.device``'s rule); FAISS follows
     it onto the GPU when faiss-gpu is installed. ``model_overrides``: fields of ``VideoModelConfig``
     (they must still give the index's model). ``nprobe`` / ``ef_search``: recall/speed knobs of IVF /
-    HNSW indexes. The encoder is loaded on the first text or video query."""
+    HNSW indexes. ``mmap``: memory-map the FAISS index instead of reading it into memory (None:
+    when it is larger than a quarter of the free memory; see ``faiss_index.load_index``). The
+    encoder is loaded on the first text or video query."""
 
     def __init__(
         self,
@@ -129,6 +133,7 @@ class VideoSearcher:
         precision: str = "auto",
         nprobe: int | None = None,
         ef_search: int | None = None,
+        mmap: bool | None = None,
         **model_overrides,
     ):
         self.layout = IndexLayout(index_dir)
@@ -140,7 +145,7 @@ class VideoSearcher:
         self.device, self.precision = device, precision
         self.weights_id = str(self.manifest.get("weights_id") or self.manifest["model"].get("weights_id", ""))
         self.random_weights = _is_random(self.weights_id)
-        self.nprobe, self.ef_search = nprobe, ef_search
+        self.nprobe, self.ef_search, self.mmap = nprobe, ef_search, mmap
         index = self._load_index()
         dim = int(self.manifest.get("dim", index.d))
         if index.d != dim:
@@ -154,17 +159,21 @@ class VideoSearcher:
                         self.layout.root, self.weights_id)
 
     def _load_index(self):
-        """The saved FAISS index; for an index built without one (``output.build_faiss=false``),
-        an exact index over the stored embeddings, built in memory."""
-        if self.layout.faiss_path.exists() or self.manifest.get("faiss_factory"):
-            return load_index(self.layout.faiss_path)
+        """The saved FAISS index, read or memory-mapped (``mmap``); for an index built without one
+        (``output.build_faiss=false``), an exact index over the stored embeddings, built in memory."""
+        entry = faiss_entry(self.manifest)
+        path = self.layout.faiss_path
+        if path.exists() or entry:
+            mmap = self.mmap
+            if mmap is None:
+                mmap = path.exists() and path.stat().st_size > available_memory() // 4
+            return load_index(path, mmap=bool(mmap), factory=str((entry or {}).get("factory") or ""),
+                              ondisk=bool((entry or {}).get("ondisk")))
         log.warning("index %s has no FAISS file (built with output.build_faiss=false): searching its "
                     "embeddings exactly, in memory", self.layout.root)
         table = self.layout.read_embeddings(["video_id", "embedding"])
-        dim = int(self.manifest["dim"])
-        vectors = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return build_index(vectors.reshape(table.num_rows, dim), table["video_id"].to_numpy(), "flat",
-                           use_gpu="never")
+        vectors = embedding_matrix(table, int(self.manifest["dim"]))
+        return build_index(vectors, table["video_id"].to_numpy(), "flat", use_gpu="never")
 
     def _load_metadata(self) -> None:
         self.metadata = MetadataTable.open(self.layout)

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF lists to probe (recall vs speed)")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (recall vs speed)")
+    parser.add_argument("--mmap", action="store_true", default=None,
+                        help="memory-map the FAISS index instead of reading it (default: when it is large)")
     return parser
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(SearchConfig, "search", overrides)
         model = {k: v for k, v in vars(cfg.model).items() if v is not None}
         searcher = VideoSearcher(args.index_dir, cfg.inference.device, precision=cfg.inference.precision,
-                                 nprobe=args.nprobe, ef_search=args.ef_search, **model)
+                                 nprobe=args.nprobe, ef_search=args.ef_search, mmap=args.mmap, **model)
         kind = "video" if is_video_query(args.query) else "text"
         _print(searcher, args.query, kind, searcher.search(args.query, k=args.k), args.json)
         return 0

@@ -1,0 +1,410 @@
+"""The FAISS index of an index directory, kept up to date with its Parquet shards.
+
+    scan the shards (ids only) -> train once, on a sample -> encode the rows the index lacks, one
+    group of shards at a time (in this process or in parallel Ray tasks) -> merge them into the
+    previous index (in memory, or into on-disk inverted lists) -> swap the file atomically
+
+* Train once: the trained parts (coarse quantizer, PQ / SQ codebooks) are kept next to the index
+  as an empty index, ``index.trained-<fingerprint>.faiss``, with what they were trained on
+  (``.json``: ``trained_on`` vectors sampled from ``sampled_from``). A rerun encodes only rows
+  the index lacks; rows whose shard is newer than the last build for an id already indexed
+  (a re-embedded input) are removed and added again; ids no longer in any shard are removed.
+* Retraining (everything re-added) happens only when asked (``faiss.retrain=true``), when the
+  index type changes, when the index holds more than ``faiss.retrain_growth`` times the vectors
+  it was sampled from, or when no trained parts match the index; the reason is logged and
+  recorded in the manifest (``faiss.build``).
+* Memory: the driver holds one group of shards (``faiss.group_rows`` rows) plus the index it
+  merges; with on-disk inverted lists (``faiss.ondisk``) only the small parts of the index.
+* Faults: every file is written under a new name and ``index.faiss`` is replaced last, so a
+  killed build leaves the previous index usable; the next run cleans up and finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tomeray.models.errors import ConfigError, InputError, TomerayError
+from tomeray.pipeline.core.atomic import atomic_write_json
+from tomeray.pipeline.video.faiss_config import FaissConfig
+from tomeray.pipeline.video.faiss_index import (
+    METRICS,
+    as_vectors,
+    default_train_size,
+    estimated_bytes_per_vector,
+    index_ids,
+    inner_index,
+    ivf_or_none,
+    load_index,
+    metric_name,
+    mmap_flag,
+    new_index,
+    resolve_factory,
+    save_index,
+    search_defaults,
+    train_index,
+    trained_fingerprint,
+)
+from tomeray.pipeline.video.faiss_merge import IndexMerger, check_mergeable, encode_part, ondisk_file
+from tomeray.pipeline.video.faiss_runtime import available_memory
+from tomeray.pipeline.video.layout import _read_shard
+
+log = logging.getLogger(__name__)
+
+__all__ = ["embedding_matrix", "faiss_entry", "remove_faiss_files", "update_faiss"]
+
+ONDISK_CHOICES = ("auto", "always", "never")
+MEMORY_SHARE = 0.5  # on-disk lists when the index would take more than this share of free memory
+
+
+def embedding_matrix(table, dim: int) -> np.ndarray:
+    """The ``embedding`` column of an Arrow table as an (N, dim) float32 array."""
+    values = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(table.num_rows, dim).astype(np.float32, copy=False)
+
+
+def faiss_entry(manifest: dict) -> dict | None:
+    """The manifest's FAISS record (``faiss``), or the one older manifests kept in top-level
+    ``faiss_factory`` / ``faiss_spec`` keys; None when the index was built without FAISS."""
+    if "faiss_factory" in manifest and not manifest.get("faiss_factory"):
+        return None
+    entry = manifest.get("faiss")
+    if isinstance(entry, dict):
+        return entry
+    if manifest.get("faiss_factory"):
+        return {"factory": manifest["faiss_factory"], "spec": manifest.get("faiss_spec"), "ondisk": None}
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# shards -> rows
+
+
+@dataclass
+class ShardRows:
+    path: Path
+    rows: np.ndarray  # row numbers within the shard
+    ids: np.ndarray  # their video ids
+
+
+def scan_shards(shards: list[Path]) -> list[ShardRows]:
+    """The rows each shard contributes, reading ids only. An id in several shards counts once,
+    from the earliest shard (the rule of ``IndexLayout.read_embeddings``)."""
+    per_shard = [_read_shard(p, ["video_id"])["video_id"].to_numpy() for p in shards]
+    if not per_shard:
+        return []
+    ids = np.concatenate(per_shard)
+    owner = np.repeat(np.arange(len(shards)), [len(a) for a in per_shard])
+    starts = np.cumsum([0] + [len(a) for a in per_shard[:-1]])
+    _, first = np.unique(ids, return_index=True)
+    first.sort()
+    out = []
+    for s, path in enumerate(shards):
+        chosen = first[owner[first] == s]
+        out.append(ShardRows(path, chosen - starts[s], ids[chosen]))
+    return out
+
+
+def _read(selection: list[ShardRows], dim: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, ids) of the selected rows, normalised for ``ip``, read one shard at a time into
+    one array (the group is the only copy held)."""
+    n = sum(len(s.rows) for s in selection)
+    vectors, ids = np.empty((n, dim), np.float32), np.empty(n, np.int64)
+    at = 0
+    for s in selection:
+        if len(s.rows):
+            vectors[at:at + len(s.rows)] = embedding_matrix(_read_shard(s.path, ["embedding"]), dim)[s.rows]
+            ids[at:at + len(s.rows)] = s.ids
+            at += len(s.rows)
+    return as_vectors(vectors, "embeddings", metric, copy=False), ids
+
+
+def _groups(selection: list[ShardRows], group_rows: int) -> list[list[ShardRows]]:
+    """Consecutive shards with at least ``group_rows`` rows per group (a shard is never split)."""
+    groups, current, count = [], [], 0
+    for s in selection:
+        if not len(s.rows):
+            continue
+        current.append(s)
+        count += len(s.rows)
+        if count >= group_rows:
+            groups.append(current)
+            current, count = [], 0
+    return groups + ([current] if current else [])
+
+
+def _sample(selection: list[ShardRows], size: int, seed: int) -> list[ShardRows]:
+    total = sum(len(s.rows) for s in selection)
+    if size >= total:
+        return selection
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+    out, start = [], 0
+    for s in selection:
+        local = chosen[(chosen >= start) & (chosen < start + len(s.rows))] - start
+        out.append(ShardRows(s.path, s.rows[local], s.ids[local]))
+        start += len(s.rows)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# files next to the index
+
+
+def _trained_paths(faiss_path: Path, fingerprint: str) -> tuple[Path, Path]:
+    stem = f"{faiss_path.stem}.trained-{fingerprint}"
+    return faiss_path.parent / f"{stem}.faiss", faiss_path.parent / f"{stem}.json"
+
+
+def _save_trained(faiss_path: Path, template, record: dict) -> dict:
+    fingerprint = trained_fingerprint(template)
+    index_file, record_file = _trained_paths(faiss_path, fingerprint)
+    record = {**record, "trained_fingerprint": fingerprint}
+    save_index(template, index_file)
+    atomic_write_json(record_file, record)
+    return record
+
+
+def _load_trained(faiss_path: Path, fingerprint: str):
+    index_file, record_file = _trained_paths(faiss_path, fingerprint)
+    if not (index_file.is_file() and record_file.is_file()):
+        return None, None
+    try:
+        return load_index(index_file), json.loads(record_file.read_text(encoding="utf-8"))
+    except (TomerayError, OSError, ValueError):
+        return None, None
+
+
+def _clean_up(faiss_path: Path, fingerprint: str | None, ivfdata: str | None) -> None:
+    """Remove trained parts and on-disk lists the current index does not use (a killed build's)."""
+    folder = faiss_path.parent
+    for p in folder.glob(f"{faiss_path.stem}.trained-*"):
+        if fingerprint is None or f".trained-{fingerprint}." not in p.name:
+            p.unlink(missing_ok=True)
+    for p in folder.glob(f"{faiss_path.stem}-*.ivfdata"):
+        if p.name != ivfdata:
+            p.unlink(missing_ok=True)
+    for p in folder.glob(f".{faiss_path.stem}-*.tmp"):  # parts a killed on-disk merge left
+        p.unlink(missing_ok=True)
+
+
+def remove_faiss_files(faiss_path: Path) -> None:
+    """Delete the index file and its companions (an index built without FAISS has none)."""
+    faiss_path.unlink(missing_ok=True)
+    _clean_up(faiss_path, None, None)
+
+
+def _file_bytes(faiss_path: Path, ivfdata: str | None) -> int:
+    return faiss_path.stat().st_size + ((faiss_path.parent / ivfdata).stat().st_size if ivfdata else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# deciding what to do
+
+
+def _same_spec(a, b) -> bool:
+    return str(a or "").strip().lower() == str(b or "").strip().lower()
+
+
+def _check_matches(index, what: str, dim: int, metric: str) -> None:
+    if index.d != dim or index.metric_type != METRICS[metric]:
+        raise InputError(
+            f"{what} was trained for {index.d}-d vectors with metric {metric_name(index.metric_type)}, "
+            f"but the embeddings are {dim}-d with metric {metric}: its trained parts cannot encode "
+            "them; rerun with faiss.retrain=true to train new ones (or delete it)")
+
+
+def _previous(faiss_path: Path, cfg: FaissConfig, dim: int, metric: str, n_rows: int
+              ) -> tuple[object, object, dict | None, str | None]:
+    """(previous index, its trained template, their record, reason to retrain or None)."""
+    if cfg.retrain:
+        return None, None, None, "asked (faiss.retrain=true)"
+    if not faiss_path.is_file():
+        return None, None, None, "no trained index yet"
+    try:
+        index = load_index(faiss_path, ondisk=True)
+    except TomerayError as e:
+        log.warning("%s; rebuilding it", e)
+        return None, None, None, "the previous FAISS file is unreadable"
+    _check_matches(index, f"FAISS index {faiss_path}", dim, metric)
+    template, record = _load_trained(faiss_path, trained_fingerprint(index))
+    if template is None:
+        return None, None, None, ("no trained parts are recorded for the index (made by an older tomeray, "
+                                  "or their file was removed)")
+    _check_matches(template, "the trained parts of the FAISS index", dim, metric)
+    if not _same_spec(record.get("spec"), cfg.factory):
+        return None, None, None, f"the index type changed from {record.get('spec')!r} to {cfg.factory!r}"
+    sampled_from = int(record.get("sampled_from") or 0)
+    if cfg.retrain_growth and sampled_from and n_rows > cfg.retrain_growth * sampled_from:
+        return None, None, None, (f"the index grew to {n_rows} vectors, more than faiss.retrain_growth="
+                                  f"{cfg.retrain_growth:g} x the {sampled_from} its trained parts were "
+                                  "sampled from")
+    if record.get("factory") == "Flat" and resolve_factory(cfg.factory, n_rows, dim) != "Flat":
+        return None, None, None, f"the {cfg.factory!r} preset has enough vectors to train now ({n_rows})"
+    return index, template, record, None
+
+
+def _train(shards: list[ShardRows], cfg: FaissConfig, dim: int, metric: str, n_rows: int, workers: int):
+    """A freshly trained, empty template and its record."""
+    template, factory = new_index(cfg.factory, n_rows, dim, metric)
+    size = 0
+    node = "local"
+    if not template.is_trained:
+        size = min(n_rows, cfg.train_size or default_train_size(template))
+        if size < 1:
+            raise ConfigError(f"faiss.train_size must be positive, got {cfg.train_size}")
+        sample, _ = _read(_sample(shards, size, cfg.seed), dim, metric)
+        if workers:
+            from tomeray.pipeline.video.faiss_ray import train_on_worker
+
+            template, node = train_on_worker(template, sample, factory, cfg.use_gpu)
+        else:
+            train_index(template, sample, factory, cfg.use_gpu)
+        del sample
+    record = {"spec": cfg.factory, "factory": factory, "dim": dim, "metric": metric, "trained_on": size,
+              "sampled_from": n_rows if size else 0, "trained_node": node}
+    return template, record
+
+
+def _wants_ondisk(cfg: FaissConfig, template, previous, n_rows: int) -> bool:
+    choice = str(cfg.ondisk).lower()
+    if choice not in ONDISK_CHOICES:
+        raise ConfigError(f"faiss.ondisk must be one of {', '.join(ONDISK_CHOICES)}, got {cfg.ondisk!r}")
+    ivf = ivf_or_none(template) is not None
+    if choice == "always" and not ivf:
+        raise ConfigError("faiss.ondisk=always needs an IVF index (ivf, ivfpq or an IVF factory string); "
+                          "flat and HNSW indexes are served from disk by memory-mapping instead")
+    if choice != "auto":
+        return choice == "always"
+    if not ivf:
+        return False
+    if previous is not None and ondisk_file(previous):
+        return True
+    return estimated_bytes_per_vector(template) * n_rows > MEMORY_SHARE * available_memory()
+
+
+# --------------------------------------------------------------------------------------------
+# the build
+
+
+def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *, dim: int,
+                 metric: str = "ip", prior: dict | None = None,
+                 before_ondisk_swap: Callable[[], None] | None = None) -> dict:
+    """Bring the FAISS index at ``faiss_path`` up to date with ``shards`` (see the module doc);
+    returns the manifest's ``faiss`` record. ``prior``: the record of the previous build.
+    ``before_ondisk_swap`` runs before an index with on-disk lists replaces the file (the
+    manifest must say so first: searchers read such an index differently)."""
+    started = time.perf_counter()
+    faiss_path = Path(faiss_path)
+    if metric not in METRICS:
+        raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if cfg.group_rows < 1:
+        raise ConfigError(f"faiss.group_rows must be positive, got {cfg.group_rows}")
+    selection = scan_shards(list(shards))
+    all_ids = np.concatenate([s.ids for s in selection]) if selection else np.zeros(0, np.int64)
+    latest = selection[-1].path.name if selection else None
+    base, template, record, reason = _previous(faiss_path, cfg, dim, metric, len(all_ids))
+    if base is None:
+        mode = "trained" if reason == "no trained index yet" else "retrained"
+        log.info("training the FAISS index: %s", reason)
+        train_start = time.perf_counter()
+        template, record = _train(selection, cfg, dim, metric, len(all_ids), _workers(cfg, selection, None))
+        train_s = time.perf_counter() - train_start
+        record = _save_trained(faiss_path, template, record)
+        base = load_index(_trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
+        to_add, drop = selection, np.zeros(0, np.int64)
+    else:
+        mode, train_s = "incremental", 0.0
+        to_add, drop = _changes(base, selection, all_ids, (prior or {}).get("covered_through"))
+    check_mergeable(template)
+    n_add = sum(len(s.rows) for s in to_add)
+    build = {"mode": mode, "reason": reason, "added": n_add, "removed": int(len(drop)), "workers": 0,
+             "groups": 0, "nodes": {}, "train_s": round(train_s, 3)}
+    if mode == "incremental" and n_add == 0 and len(drop) == 0:
+        _clean_up(faiss_path, record["trained_fingerprint"], ondisk_file(base))
+        return _entry(faiss_path, base, record, latest, ondisk_file(base), {**build, "mode": "unchanged"},
+                      started)
+    ondisk = _wants_ondisk(cfg, template, base, len(all_ids))
+    ivfdata = faiss_path.parent / f"{faiss_path.stem}-{time.time_ns():x}.ivfdata" if ondisk else None
+    merger = IndexMerger(base, template, drop, ivfdata)
+    del base
+    groups = _groups(to_add, cfg.group_rows)
+    build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
+    for part, node in _parts(template, groups, dim, metric, build["workers"]):
+        merger.add(part)
+        build["nodes"][node] = build["nodes"].get(node, 0) + 1
+        del part
+    index = merger.finish()
+    del merger
+    if ondisk and before_ondisk_swap is not None:
+        before_ondisk_swap()
+    save_index(index, faiss_path)
+    _clean_up(faiss_path, record["trained_fingerprint"], ivfdata.name if ivfdata else None)
+    entry = _entry(faiss_path, index, record, latest, ivfdata.name if ivfdata else None, build, started)
+    log.info("FAISS index %s: %s, %d vectors added, %d removed, %d in all (%.1f s)", record["factory"],
+             mode, n_add, len(drop), entry["ntotal"], entry["build"]["seconds"])
+    return entry
+
+
+def _changes(index, selection: list[ShardRows], all_ids: np.ndarray, covered: str | None
+             ) -> tuple[list[ShardRows], np.ndarray]:
+    """(rows to add, ids to remove) to bring ``index`` up to date: rows it lacks; rows of shards
+    newer than ``covered`` (the last shard of its build) for ids it has, which are replaced; and
+    ids no shard holds any more."""
+    indexed = index_ids(index)
+    to_add, replaced = [], []
+    for s in selection:
+        fresh = ~np.isin(s.ids, indexed)
+        if covered is not None and s.path.name > covered:
+            replaced.append(s.ids[~fresh])  # re-embedded since the last build: replaced by id
+            fresh[:] = True
+        to_add.append(ShardRows(s.path, s.rows[fresh], s.ids[fresh]))
+    return to_add, np.concatenate([indexed[~np.isin(indexed, all_ids)], *replaced]).astype(np.int64)
+
+
+def _workers(cfg: FaissConfig, selection: list[ShardRows], template) -> int:
+    """Ray tasks for this build (0: this process). HNSW graphs are built in this process."""
+    from tomeray.pipeline.video.faiss_ray import ray_workers
+
+    if template is not None and isinstance(inner_index(template), faiss.IndexHNSW):
+        return 0
+    return ray_workers(cfg.workers, len(_groups(selection, cfg.group_rows)))
+
+
+def _parts(template, groups: list, dim: int, metric: str, workers: int):
+    def read(group):
+        return _read(group, dim, metric)
+
+    if workers:
+        from tomeray.pipeline.video.faiss_ray import encode_on_workers
+
+        yield from encode_on_workers(template, groups, read, workers)
+        return
+    for group in groups:
+        yield encode_part(template, *read(group)), "local"
+
+
+def _entry(faiss_path: Path, index, record: dict, latest: str | None, ivfdata: str | None, build: dict,
+           started: float) -> dict:
+    """The manifest's ``faiss`` record of a built index."""
+    ntotal = int(index.ntotal)
+    size = _file_bytes(faiss_path, ivfdata)
+    entry = {k: record.get(k) for k in ("spec", "factory", "dim", "metric", "trained_on", "sampled_from",
+                                        "trained_fingerprint")}
+    entry.update(ntotal=ntotal, index_bytes=size,
+                 bytes_per_vector=round(size / ntotal, 1) if ntotal else None, ondisk=ivfdata,
+                 mmap=_mapped_part(entry["factory"], ivfdata), params=search_defaults(index),
+                 covered_through=latest, build={**build, "seconds": round(time.perf_counter() - started, 3)})
+    return entry
+
+
+def _mapped_part(factory: str, ivfdata: str | None) -> str:
+    """What a memory-mapped searcher maps (``faiss_index.load_index``)."""
+    if ivfdata:
+        return "inverted lists (on disk)"
+    return "inverted lists" if mmap_flag(factory) == faiss.IO_FLAG_MMAP else "stored vectors / codes"
