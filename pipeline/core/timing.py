@@ -56,9 +56,10 @@ class CostTotals:
             done = np.asarray(batch[f"{stage}_done_at"], np.float64)
             cpu = np.asarray(batch[f"{stage}_cpu_s"], np.float64)
             self._rows.setdefault(stage, []).append(np.stack([done - wall, done, cpu, wall], axis=1))
-            if len(done):
-                self._earliest(f"{stage}_started_at", float(np.min(done - wall)))
-                self._earliest(f"{stage}_done_at", float(np.min(done)))
+            worked = wall > 0  # a row passed on without work (a failed input) starts nothing
+            if worked.any():
+                self._earliest(f"{stage}_started_at", float(np.min((done - wall)[worked])))
+                self._earliest(f"{stage}_done_at", float(np.min(done[worked])))
             for stamp in STAMPS:
                 column = batch.get(f"{stage}_{stamp}")
                 if column is not None and len(column) and not np.all(np.isnan(column)):
