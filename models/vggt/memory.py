@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from tomeray.models.errors import InputError
+from tomeray.models.host import host_available_memory
 from tomeray.models.merging import score_chunk_elements
 from torch import Tensor
 
@@ -62,13 +63,7 @@ def available_bytes(device: torch.device) -> int | None:
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
+        return host_available_memory()
     return None
 
 

@@ -10,6 +10,7 @@ import sys
 
 import faiss
 from tomeray.models.errors import ConfigError
+from tomeray.models.host import host_available_memory
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,8 @@ def quiet_stdout():
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations on this machine (Linux ``MemAvailable``)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    """Bytes of memory available to new allocations on this machine."""
+    return host_available_memory()
 
 
 def gpu_available() -> bool:
