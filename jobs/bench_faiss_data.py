@@ -64,6 +64,8 @@ class Mixture:
 
     def draw(self, n: int, stream: int) -> np.ndarray:
         """``n`` unit vectors (float32), the same for the same ``stream``."""
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
         rng = np.random.default_rng([self.seed, 3, stream])
         labels = rng.choice(self.k, size=n, p=self.weights)
         x = self.centres[labels].copy()

@@ -51,7 +51,7 @@ def build_index(root: Path, rows: int, factory: str, dim: int, identity: dict, w
                 seed: int = 0, build_faiss: bool = True) -> Path:
     """A synthetic index in the real layout (Parquet shards, FAISS, manifest); reused when present."""
     import pyarrow as pa
-    from tomeray.jobs.bench_faiss import make_vectors
+    from tomeray.jobs.bench_faiss_data import make_vectors
     from tomeray.pipeline.video.config import FaissConfig
     from tomeray.pipeline.video.job import finish_index
     from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema, index_header

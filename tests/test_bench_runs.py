@@ -1,0 +1,46 @@
+"""The FAISS and search-service benchmarks run end to end at a tiny scale and write the rows their
+reports are read from (a bench that no longer runs measures nothing). Only the columns are checked,
+never a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from ray_cluster import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_bench_faiss_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "faiss.json"
+    subprocess.run([sys.executable, "-m", "tomeray.jobs.bench_faiss", "--n", "3000", "--dim", "64",
+                    "--queries", "50", "--presets", "ivf", "--distributed-n", "0", "--json", str(out)],
+                   check=True, capture_output=True, text=True, cwd=REPO, timeout=240)
+    rows = json.loads(out.read_text())
+    builds = {r["index"]: r for r in rows if r["stage"] == "build"}
+    assert set(builds) == {"flat", "ivf"}
+    for r in builds.values():
+        assert {"recall_at_10", "speedup_vs_flat", "bytes_per_vector", "build_s", "peak_rss_mb"} <= set(r)
+        assert 0 < r["recall_at_10"] <= 1
+    (grown,) = [r for r in rows if r["stage"] == "incremental" and r["index"] == "ivf"]
+    assert grown["added"] == 30 and grown["mode"] == "incremental" and grown["add_vs_rebuild"] > 0
+
+
+def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "serve.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tomeray.jobs.bench_serve", "--rows", "2000", "--servers", "uvicorn",
+         "--clients", "1,4", "--requests", "8", "--seconds", "10", "--join-sizes", "1000",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    served = [r for r in rows if r.get("server") == "uvicorn"]
+    assert sorted(r["clients"] for r in served) == [1, 4]
+    for r in served:
+        assert {"p50_ms", "p99_ms", "qps"} <= set(r) and r["qps"] > 0
+    assert "random weights" in result.stdout
