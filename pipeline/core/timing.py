@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CostTotals", "efficiency", "run_costs", "startup_timeline"]
+__all__ = ["CostTotals", "RunFigures", "efficiency", "run_costs", "startup_timeline"]
+
+
+@dataclass(kw_only=True)
+class RunFigures:
+    """What a job's summary reports of where its time went (kw-only: listed after its own fields)."""
+
+    startup: dict[str, float] = field(default_factory=dict)  # seconds from run start to each milestone
+    startup_cpu: dict[str, float] = field(default_factory=dict)  # CPU s: driver before the graph, actors
+    costs: dict = field(default_factory=dict)  # stage CPU per item, bound, efficiency (run_costs)
 
 # Rounding slack for ``valid``: process_time has microsecond resolution, sums of many rows drift.
 TOLERANCE = 1e-3

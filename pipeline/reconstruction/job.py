@@ -25,7 +25,7 @@ from tomeray.operators.worker import process_started_at
 from tomeray.pipeline.core.config import load_config, save_config
 from tomeray.pipeline.core.graph import worker_lost_rows
 from tomeray.pipeline.core.output import new_run_id
-from tomeray.pipeline.core.timing import run_costs, startup_timeline
+from tomeray.pipeline.core.timing import RunFigures, run_costs, startup_timeline
 from tomeray.pipeline.reconstruction.config import ReconConfig, pinned_settings, resolve_weights_id, validate
 from tomeray.pipeline.reconstruction.discover import discover_scenes
 from tomeray.pipeline.reconstruction.exports import write_exports
@@ -40,7 +40,7 @@ LOST_ADVICE = ", e.g. out of memory; with fewer views.max_views if it happens ag
 
 
 @dataclass
-class ReconSummary:
+class ReconSummary(RunFigures):
     reconstructed: int  # scenes finished by this run
     skipped: int  # scenes finished before this run
     failed: int  # scenes that failed in this run (see errors.parquet)
@@ -53,9 +53,6 @@ class ReconSummary:
     out: str = ""
     run_id: str = ""
     first_scene_s: float = float("nan")  # run start -> first scene reconstructed (see startup)
-    startup: dict[str, float] = field(default_factory=dict)  # seconds from run start to each milestone
-    startup_cpu: dict[str, float] = field(default_factory=dict)  # CPU s: driver before the graph, actors
-    costs: dict = field(default_factory=dict)  # stage CPU per scene, bound, efficiency (pipeline.core.timing)
     scenes: dict[str, dict] = field(default_factory=dict)  # this run's scene records
     failures: list[dict] = field(default_factory=list)  # this run's error rows
     load_nodes: dict[str, int] = field(default_factory=dict)

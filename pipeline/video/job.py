@@ -33,7 +33,7 @@ from tomeray.pipeline.core.config import load_config, save_config
 from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.graph import worker_lost_rows
 from tomeray.pipeline.core.output import new_run_id
-from tomeray.pipeline.core.timing import run_costs, startup_timeline
+from tomeray.pipeline.core.timing import RunFigures, run_costs, startup_timeline
 from tomeray.pipeline.video.config import FaissConfig, IndexConfig
 from tomeray.pipeline.video.discover import discover_videos
 from tomeray.pipeline.video.ids import id_key
@@ -46,7 +46,7 @@ __all__ = ["IndexSummary", "completed_paths", "faiss_summary", "finish_index", "
 
 
 @dataclass
-class IndexSummary:
+class IndexSummary(RunFigures):
     indexed: int  # videos indexed by this run
     skipped: int  # inputs already indexed before this run
     failed: int  # inputs that failed in this run (see the errors table)
@@ -60,9 +60,6 @@ class IndexSummary:
     out: str = ""
     run_id: str = ""
     first_embedding_s: float = float("nan")  # run start -> first embedding computed (see startup)
-    startup: dict[str, float] = field(default_factory=dict)  # seconds from run start to each milestone
-    startup_cpu: dict[str, float] = field(default_factory=dict)  # CPU s: driver before the graph, actors
-    costs: dict = field(default_factory=dict)  # stage CPU per video, bound, efficiency (pipeline.core.timing)
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips decoded
     embed_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> clips embedded
     failures: list[dict] = field(default_factory=list)  # this run's error rows
