@@ -21,6 +21,18 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 
+# PyTorch's Linux wheels bundle CUDA's libraries: the environment takes about 6.6 GB. Say so before
+# pip runs out of room halfway through.
+need_gb=7
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  free_gb=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "error: installing tomeray needs about $need_gb GB free under $(pwd) (PyTorch and its CUDA" \
+         "libraries take 6.6 GB of it); only $free_gb GB is free. Free some space and run this again." >&2
+    exit 1
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

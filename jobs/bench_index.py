@@ -45,10 +45,12 @@ from pathlib import Path
 
 from tomeray.jobs.pipeline_bench import (
     NAN,
+    add_stages_alone,
     alone_row,
     check_valid,
     drain,
-    fmt,
+    format_bound,
+    format_stage_table,
     format_startup,
     load_average,
     pipeline_figures,
@@ -61,6 +63,7 @@ from tomeray.pipeline.video.config import IndexConfig
 from tomeray.pipeline.video.graph import embedder_kwargs, plan_embedding, video_decoder
 
 SOURCES = ("vtest.avi", "Megamind.avi", "tree.avi")
+STAGES = ("decode", "embed")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
 
 
@@ -108,23 +111,6 @@ def stages_alone(paths: list[str], cfg: IndexConfig, image_size: int, cores: flo
     return [decode, embed]
 
 
-def format_table(rows: list[dict]) -> str:
-    header = (f"{'stage':<9} {'videos':>6} {'seconds':>8} {'videos/s':>9} {'decode cs/v':>11} "
-              f"{'embed cs/v':>10} {'bound v/s':>9} {'eff':>5} {'steady':>6} {'command':>7} "
-              f"{'alone/pipe':>10}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        if r["stage"] == "faiss":
-            continue
-        lines.append(
-            f"{r['stage']:<9} {r['videos']:>6} {r['seconds']:>8.2f} {r['videos_per_s']:>9.3f} "
-            f"{fmt(r.get('decode_cpu_s'), '.3f'):>11} {fmt(r.get('embed_cpu_s'), '.3f'):>10} "
-            f"{fmt(r.get('bound_videos_per_s'), '.3f'):>9} {fmt(r['efficiency'], '.2f'):>5} "
-            f"{fmt(r.get('efficiency_steady'), '.2f'):>6} {fmt(r.get('efficiency_command'), '.2f'):>7} "
-            f"{fmt(r.get('cost_vs_pipeline'), '.2f'):>10}")
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=48, help="corpus size (copies of the 3 sample videos)")
@@ -154,24 +140,14 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {load_start:.2f}", flush=True)
         rows = [pipeline_row(work / "videos", work / "index", overrides)]
         if not args.skip_alone:
-            import ray
-            from tomeray.pipeline.core.ray_session import init_ray
-
-            init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-            cores = float(ray.cluster_resources().get("CPU", 0.0))
-            for row in stages_alone(paths, cfg, rows[0]["image_size"], cores):
-                row["cost_vs_pipeline"] = row[f"{row['stage']}_cpu_s"] / rows[0][f"{row['stage']}_cpu_s"]
-                rows.append(row)
-            ray.shutdown()
+            add_stages_alone(rows, cfg, lambda cores: stages_alone(paths, cfg, rows[0]["image_size"], cores))
         load_end = load_average()
         for r in rows:
             r.update(arch=args.arch, preset=args.preset, weights="random-init", load_avg_start=load_start,
                      load_avg_end=load_end)
         pipe = rows[0]
-        print(format_table(rows))
-        print(f"bound: {pipe['cores']:g} cores / (decode + embed core-s per video) = "
-              f"{pipe['bound_videos_per_s']:.3f} videos/s ({pipe['bound_kind']}); efficiency = videos/s / "
-              f"bound = stage work / (cores x seconds); load average {load_end:.2f} at the end")
+        print(format_stage_table(rows, "videos", STAGES))
+        print(format_bound(pipe, "videos", STAGES))
         print(format_startup(pipe, "first_embedding_s", "embedding"))
         if args.faiss_n:
             from tomeray.jobs.bench_faiss import format_table as faiss_table

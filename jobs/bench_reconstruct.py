@@ -38,10 +38,12 @@ from pathlib import Path
 
 from tomeray.jobs.pipeline_bench import (
     NAN,
+    add_stages_alone,
     alone_row,
     check_valid,
     drain,
-    fmt,
+    format_bound,
+    format_stage_table,
     format_startup,
     load_average,
     pipeline_figures,
@@ -53,6 +55,7 @@ from tomeray.pipeline.core.graph import actor_stage, plan_actors, task_stage
 from tomeray.pipeline.reconstruction.config import ReconConfig
 from tomeray.pipeline.reconstruction.graph import reconstructor_kwargs, scene_items, scene_loader
 
+STAGES = ("load", "model")
 SAMPLE_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
 
 
@@ -123,21 +126,6 @@ def stages_alone(root: Path, cfg: ReconConfig, cores: float) -> list[dict]:
     return [load, model]
 
 
-def format_table(rows: list[dict]) -> str:
-    header = (f"{'stage':<9} {'scenes':>6} {'seconds':>8} {'scenes/s':>9} {'load cs/s':>9} "
-              f"{'model cs/s':>10} {'bound s/s':>9} {'eff':>5} {'steady':>6} {'command':>7} "
-              f"{'alone/pipe':>10}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['stage']:<9} {r['scenes']:>6} {r['seconds']:>8.2f} {r['scenes_per_s']:>9.3f} "
-            f"{fmt(r.get('load_cpu_s'), '.3f'):>9} {fmt(r.get('model_cpu_s'), '.3f'):>10} "
-            f"{fmt(r.get('bound_scenes_per_s'), '.3f'):>9} {fmt(r['efficiency'], '.2f'):>5} "
-            f"{fmt(r.get('efficiency_steady'), '.2f'):>6} {fmt(r.get('efficiency_command'), '.2f'):>7} "
-            f"{fmt(r.get('cost_vs_pipeline'), '.2f'):>10}")
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=16, help="scene folders (default 16)")
@@ -169,24 +157,14 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {load_start:.2f}", flush=True)
         rows = [pipeline_row(root, work / "out", overrides)]
         if not args.skip_alone:
-            import ray
-            from tomeray.pipeline.core.ray_session import init_ray
-
-            init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-            cores = float(ray.cluster_resources().get("CPU", 0.0))
-            for row in stages_alone(root, cfg, cores):
-                row["cost_vs_pipeline"] = row[f"{row['stage']}_cpu_s"] / rows[0][f"{row['stage']}_cpu_s"]
-                rows.append(row)
-            ray.shutdown()
+            add_stages_alone(rows, cfg, lambda cores: stages_alone(root, cfg, cores))
         load_end = load_average()
         for r in rows:
             r.update(arch=args.arch, weights="random-init", views_per_scene=args.views,
                      load_size=cfg.load.size, load_avg_start=load_start, load_avg_end=load_end)
         pipe = rows[0]
-        print(format_table(rows))
-        print(f"bound: {pipe['cores']:g} cores / (load + model core-s per scene) = "
-              f"{pipe['bound_scenes_per_s']:.3f} scenes/s ({pipe['bound_kind']}); efficiency = scenes/s / "
-              f"bound = stage work / (cores x seconds); load average {load_end:.2f} at the end")
+        print(format_stage_table(rows, "scenes", STAGES))
+        print(format_bound(pipe, "scenes", STAGES))
         print(format_startup(pipe, "first_scene_s", "scene"))
         if args.json:
             atomic_write_json(args.json, {"rows": rows})

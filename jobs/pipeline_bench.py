@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tomeray.pipeline.core.timing import CostTotals, run_costs
 
-__all__ = ["NAN", "alone_row", "check_valid", "drain", "fmt", "format_startup", "load_average", "run_cold"]
+__all__ = ["NAN", "add_stages_alone", "alone_row", "check_valid", "drain", "fmt", "format_bound",
+           "format_stage_table", "format_startup", "load_average", "run_cold"]
 
 NAN = float("nan")
 
@@ -65,6 +66,46 @@ def pipeline_figures(record: dict, command_s: float) -> dict:
             "efficiency_steady": costs.get("efficiency_steady", NAN), "efficiency_command": command,
             "command_s": command_s, "startup": record["startup"], "startup_cpu": record["startup_cpu"],
             "cores": costs["cores"], "run_id": record["run_id"], "valid": costs["valid"] and command <= 1.001}
+
+
+def add_stages_alone(rows: list[dict], cfg, run_stages) -> None:
+    """Start a Ray session as the job would, append ``run_stages(cores)``'s rows, each with its cost
+    per item alone over the pipeline's (``cost_vs_pipeline``: contention shows as a value below 1)."""
+    import ray
+    from tomeray.pipeline.core.ray_session import init_ray
+
+    init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    try:
+        cores = float(ray.cluster_resources().get("CPU", 0.0))
+        for row in run_stages(cores):
+            row["cost_vs_pipeline"] = row[f"{row['stage']}_cpu_s"] / rows[0][f"{row['stage']}_cpu_s"]
+            rows.append(row)
+    finally:
+        ray.shutdown()
+
+
+def format_stage_table(rows: list[dict], unit: str, stages: tuple[str, str]) -> str:
+    """The pipeline and stage rows: ``unit`` is the item ("videos", "scenes"), ``stages`` the two
+    stages' names; costs in core-seconds per item."""
+    u = unit[0]
+    columns = [("stage", "stage", "<9", "s"), (unit, unit, ">6", "d"), ("seconds", "seconds", ">8", ".2f"),
+               (f"{unit}/s", f"{unit}_per_s", ">9", ".3f"),
+               *((f"{stage} cs/{u}", f"{stage}_cpu_s", f">{len(stage) + 5}", ".3f") for stage in stages),
+               (f"bound {u}/s", f"bound_{unit}_per_s", ">9", ".3f"), ("eff", "efficiency", ">5", ".2f"),
+               ("steady", "efficiency_steady", ">6", ".2f"), ("command", "efficiency_command", ">7", ".2f"),
+               ("alone/pipe", "cost_vs_pipeline", ">10", ".2f")]
+    header = " ".join(format(title, align) for title, _, align, _ in columns)
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(" ".join(format(fmt(r.get(key), spec), align) for _, key, align, spec in columns))
+    return "\n".join(lines)
+
+
+def format_bound(row: dict, unit: str, stages: tuple[str, str]) -> str:
+    """How the pipeline row's bound and efficiency are defined, with its figures."""
+    return (f"bound: {row['cores']:g} cores / ({' + '.join(stages)} core-s per {unit[:-1]}) = "
+            f"{row[f'bound_{unit}_per_s']:.3f} {unit}/s ({row['bound_kind']}); efficiency = {unit}/s / "
+            f"bound = stage work / (cores x seconds); load average {row['load_avg_end']:.2f} at the end")
 
 
 def fmt(value, spec: str) -> str:

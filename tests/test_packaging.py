@@ -42,7 +42,13 @@ def test_every_package_folder_is_listed_for_installation():
     assert config["package-dir"] == {package: folder for folder, package in FOLDERS.items()}
     found = {FOLDERS[init.relative_to(REPO).parts[0]] + "".join(f".{p}" for p in init.parent.relative_to(
         REPO).parts[1:]) for folder in FOLDERS for init in (REPO / folder).rglob("__init__.py")}
-    assert set(config["packages"]) == found
+    # folders of files that are not Python (the web page) are listed too, with their package data
+    data_only = set(config["package-data"]) - found
+    folder_of = {package: folder for folder, package in FOLDERS.items()}
+    for package in data_only:
+        _, top, *rest = package.split(".")
+        assert REPO.joinpath(folder_of[f"tomeray.{top}"], *rest).is_dir(), package
+    assert set(config["packages"]) == found | data_only
 
 
 def test_code_imports_only_through_the_tomeray_namespace():

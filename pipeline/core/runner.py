@@ -16,8 +16,8 @@ from collections.abc import Callable
 from tomeray.models.errors import TomerayError, one_line
 from tomeray.pipeline.core.config import split_overrides
 
-__all__ = ["EXIT_FAILED_INPUTS", "EXIT_INTERRUPTED", "EXIT_NOTHING_DONE", "EXIT_OK", "job_parser",
-           "print_errors", "print_report", "run_command", "run_job_command", "weights_line"]
+__all__ = ["EXIT_FAILED_INPUTS", "EXIT_INTERRUPTED", "EXIT_NOTHING_DONE", "EXIT_OK", "command_parser",
+           "job_parser", "print_errors", "print_report", "run_command", "run_job_command", "weights_line"]
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_NOTHING_DONE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -41,13 +41,21 @@ def run_command(prog: str, body: Callable[[], int | None],
 # ------------------------------------------------------------------------------- job commands
 
 
-def job_parser(prog: str, description: str, epilog: str, items_help: str, out_help: str,
-               out_required: bool = True) -> argparse.ArgumentParser:
-    """The arguments every batch job takes: inputs mixed with ``section.key=value`` overrides, the
-    output directory and the Ray cluster. Commands add their own options."""
+def command_parser(prog: str, description: str, epilog: str, items_metavar: str,
+                   items_help: str) -> argparse.ArgumentParser:
+    """A command whose positional ``items`` mix its inputs with ``section.key=value`` overrides
+    (``split_overrides`` tells them apart), with its examples kept as written."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("items", nargs="*", metavar="INPUT|KEY=VALUE", help=items_help)
+    parser.add_argument("items", nargs="*", metavar=items_metavar, help=items_help)
+    return parser
+
+
+def job_parser(prog: str, description: str, epilog: str, items_help: str, out_help: str,
+               out_required: bool = True) -> argparse.ArgumentParser:
+    """The arguments every batch job takes: inputs mixed with overrides, the output directory and
+    the Ray cluster. Commands add their own options."""
+    parser = command_parser(prog, description, epilog, "INPUT|KEY=VALUE", items_help)
     parser.add_argument("--out", required=out_required, help=out_help)
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")

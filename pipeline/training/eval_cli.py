@@ -8,7 +8,7 @@ import sys
 
 from tomeray.models.errors import InputError
 from tomeray.pipeline.core.atomic import atomic_write_json
-from tomeray.pipeline.core.runner import print_errors, run_job_command, weights_line
+from tomeray.pipeline.core.runner import command_parser, print_errors, run_job_command, weights_line
 from tomeray.pipeline.training.evaluation import EvalResult, run_eval_retrieval
 
 __all__ = ["format_metrics", "main"]
@@ -17,18 +17,17 @@ COLUMNS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tomeray eval-retrieval",
-        description="Text-to-video and video-to-text retrieval metrics (R@1/5/10/50, median and mean rank) "
-                    "of the TempMe encoder, with or without a trained adapter, on captioned clips.",
-        epilog="Examples:\n"
-               "  tomeray eval-retrieval /data/msrvtt model.adapter=ft/adapter.safetensors --json m.json\n"
-               "  tomeray eval-retrieval pairs.csv eval.split=val model.pretrained=openai\n"
-               "Exit status: 0 done, 1 done but some clips could not be used (listed), 2 nothing done.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("items", nargs="*", metavar="DATA|KEY=VALUE",
-                        help="the data (a path,caption table or an MSR-VTT folder) and config overrides "
-                             "(see 'tomeray config eval-retrieval')")
+    parser = command_parser(
+        "tomeray eval-retrieval",
+        "Text-to-video and video-to-text retrieval metrics (R@1/5/10/50, median and mean rank) "
+        "of the TempMe encoder, with or without a trained adapter, on captioned clips.",
+        "Examples:\n"
+        "  tomeray eval-retrieval /data/msrvtt model.adapter=ft/adapter.safetensors --json m.json\n"
+        "  tomeray eval-retrieval pairs.csv eval.split=val model.pretrained=openai\n"
+        "Exit status: 0 done, 1 done but some clips could not be used (listed), 2 nothing done.",
+        "DATA|KEY=VALUE",
+        "the data (a path,caption table or an MSR-VTT folder) and config overrides "
+        "(see 'tomeray config eval-retrieval')")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics to FILE as JSON")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")

@@ -11,7 +11,7 @@ import sys
 
 from tomeray.models.errors import ConfigError, InputError
 from tomeray.pipeline.core.config import load_config, split_overrides
-from tomeray.pipeline.core.runner import run_command, weights_line
+from tomeray.pipeline.core.runner import command_parser, run_command, weights_line
 from tomeray.pipeline.video.serve.config import ServeConfig
 
 __all__ = ["TOKEN_ENV", "check_bind", "main", "resolve_token"]
@@ -20,19 +20,17 @@ TOKEN_ENV = "TOMERAY_SERVE_TOKEN"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tomeray serve",
-        description="Serve video indexes over HTTP: a JSON API (docs at /docs) and a search page at /.",
-        epilog="Examples:\n"
-               "  tomeray serve idx                      # http://127.0.0.1:8000\n"
-               "  tomeray serve idx_a idx_b --port 9000 limits.max_k=100\n"
-               "  TOMERAY_SERVE_TOKEN=$(openssl rand -hex 16) tomeray serve idx --host 0.0.0.0\n"
-               "  tomeray serve idx --ray --replicas 2 --address auto\n"
-               "Binding anything but a loopback address needs a token (--token or TOMERAY_SERVE_TOKEN).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("items", nargs="*", metavar="INDEX|KEY=VALUE",
-                        help="index directories written by 'tomeray index', and config overrides "
-                             "(see 'tomeray config serve')")
+    parser = command_parser(
+        "tomeray serve",
+        "Serve video indexes over HTTP: a JSON API (docs at /docs) and a search page at /.",
+        "Examples:\n"
+        "  tomeray serve idx                      # http://127.0.0.1:8000\n"
+        "  tomeray serve idx_a idx_b --port 9000 limits.max_k=100\n"
+        "  TOMERAY_SERVE_TOKEN=$(openssl rand -hex 16) tomeray serve idx --host 0.0.0.0\n"
+        "  tomeray serve idx --ray --replicas 2 --address auto\n"
+        "Binding anything but a loopback address needs a token (--token or TOMERAY_SERVE_TOKEN).",
+        "INDEX|KEY=VALUE",
+        "index directories written by 'tomeray index', and config overrides (see 'tomeray config serve')")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--token", default=None,
