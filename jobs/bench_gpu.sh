@@ -90,7 +90,7 @@ step tempme 45 "$PYTHON" -m tomeray.jobs.bench_tempme --device cuda --precision 
 step index 110 "$PYTHON" -m tomeray.jobs.bench_index --videos 200 --faiss-n 0 --json "$OUT_DIR/index.json" \
   inference.device=cuda
 if (( PRINT )) || timeout 60 "$PYTHON" -c "import sys, faiss; sys.exit(0 if hasattr(faiss, 'StandardGpuResources') and faiss.get_num_gpus() > 0 else 1)"; then
-  step faiss 45 "$PYTHON" -m tomeray.jobs.bench_faiss --gpu --n 1000000 --dim 512 --queries 1000 \
+  step faiss 45 "$PYTHON" -m tomeray.jobs.bench_faiss --gpu --n 200000 --dim 512 --queries 1000 \
     --presets ivf,ivfpq --distributed-n 0 --json "$OUT_DIR/faiss.json"
 else
   echo "== faiss: skipped, faiss-gpu is not installed (the faiss module has no GPU support)"

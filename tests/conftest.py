@@ -12,6 +12,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 OPENCV_DATA = Path(os.environ.get("TOMERAY_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
 
 
+# The files that take minutes, longest first. They are collected first, so that with the suite shared
+# between two workers (whole files each) none of them starts last and runs on alone at the end.
+LONG_FILES = ("test_train_job.py", "test_readme_cluster.py", "test_index_cluster.py", "test_demo.py",
+              "test_reconstruct_cluster.py", "test_bench_runs.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: LONG_FILES.index(item.path.name) if item.path.name in LONG_FILES
+               else len(LONG_FILES))  # stable: every file keeps its own order
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
@@ -62,7 +73,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -9,41 +9,17 @@ from tomeray.models.errors import ConfigError
 
 # Named sets of the merge options below (``MergeConfig.preset``); an option set explicitly wins
 # over its preset. What each option changes, measured, is in the README's VGGT section.
+# tomeray's FastVGGT: corrected region geometry, protected tokens out of the matching,
+# proportional attention, float32 scores, a fresh matching in every global block.
+_DEFAULT_MERGE = dict(region=2, region_layout="aligned", protected="removed", proportional_attention=True,
+                      similarity="float32", candidates="all", rematch_every=1, seed=0)
 MERGE_PRESETS: dict[str, dict] = {
-    # tomeray's FastVGGT: corrected region geometry, protected tokens out of the matching,
-    # proportional attention, float32 scores, a fresh matching in every global block.
-    "default": dict(
-        region=2,
-        region_layout="aligned",
-        protected="removed",
-        proportional_attention=True,
-        similarity="float32",
-        candidates="all",
-        rematch_every=1,
-        seed=0,
-    ),
+    "default": _DEFAULT_MERGE,
     # FastVGGT (mystorm16/FastVGGT) exactly as its code computes, float32 scores.
-    "reference": dict(
-        region=2,
-        region_layout="reference",
-        protected="duplicated",
-        proportional_attention=False,
-        similarity="float32",
-        candidates="all",
-        rematch_every=1,
-        seed=33,
-    ),
+    "reference": {**_DEFAULT_MERGE, "region_layout": "reference", "protected": "duplicated",
+                  "proportional_attention": False, "seed": 33},
     # The cheapest matching: each source only scores view 0 and its own view's destinations.
-    "fast": dict(
-        region=2,
-        region_layout="aligned",
-        protected="removed",
-        proportional_attention=True,
-        similarity="float32",
-        candidates="local",
-        rematch_every=1,
-        seed=0,
-    ),
+    "fast": {**_DEFAULT_MERGE, "candidates": "local"},
 }
 
 CHOICES = {
