@@ -45,15 +45,13 @@ from pathlib import Path
 
 from tomeray.jobs.pipeline_bench import (
     NAN,
-    add_stages_alone,
     alone_row,
     check_valid,
     drain,
-    format_bound,
-    format_stage_table,
-    format_startup,
     load_average,
+    measure,
     pipeline_figures,
+    print_report,
     run_cold,
 )
 from tomeray.pipeline.core.atomic import atomic_write_json
@@ -138,17 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {args.arch} preset {args.preset}, weights: random-init(seed={cfg.model.seed}) "
               f"(RANDOM: timing only); {len(paths)} videos ({', '.join(SOURCES)} cycled); "
               f"load average {load_start:.2f}", flush=True)
-        rows = [pipeline_row(work / "videos", work / "index", overrides)]
-        if not args.skip_alone:
-            add_stages_alone(rows, cfg, lambda cores: stages_alone(paths, cfg, rows[0]["image_size"], cores))
-        load_end = load_average()
-        for r in rows:
-            r.update(arch=args.arch, preset=args.preset, weights="random-init", load_avg_start=load_start,
-                     load_avg_end=load_end)
+        rows = measure(lambda: pipeline_row(work / "videos", work / "index", overrides),
+                       None if args.skip_alone else
+                       lambda pipe, cores: stages_alone(paths, cfg, pipe["image_size"], cores),
+                       cfg, dict(arch=args.arch, preset=args.preset, weights="random-init"), load_start)
         pipe = rows[0]
-        print(format_stage_table(rows, "videos", STAGES))
-        print(format_bound(pipe, "videos", STAGES))
-        print(format_startup(pipe, "first_embedding_s", "embedding"))
+        print_report(rows, "videos", STAGES, "first_embedding_s", "embedding")
         if args.faiss_n:
             from tomeray.jobs.bench_faiss import format_table as faiss_table
             from tomeray.jobs.bench_faiss import run_faiss_bench

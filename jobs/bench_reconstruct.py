@@ -38,15 +38,13 @@ from pathlib import Path
 
 from tomeray.jobs.pipeline_bench import (
     NAN,
-    add_stages_alone,
     alone_row,
     check_valid,
     drain,
-    format_bound,
-    format_stage_table,
-    format_startup,
     load_average,
+    measure,
     pipeline_figures,
+    print_report,
     run_cold,
 )
 from tomeray.pipeline.core.atomic import atomic_write_json
@@ -155,17 +153,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.views} views (opencv-doc left*/right*.jpg, 640x480) at load.size={cfg.load.size}; "
               f"actors: {cfg.ray.actors.count or 'job default'} x {cfg.ray.actors.num_cpus} CPU; "
               f"load average {load_start:.2f}", flush=True)
-        rows = [pipeline_row(root, work / "out", overrides)]
-        if not args.skip_alone:
-            add_stages_alone(rows, cfg, lambda cores: stages_alone(root, cfg, cores))
-        load_end = load_average()
-        for r in rows:
-            r.update(arch=args.arch, weights="random-init", views_per_scene=args.views,
-                     load_size=cfg.load.size, load_avg_start=load_start, load_avg_end=load_end)
-        pipe = rows[0]
-        print(format_stage_table(rows, "scenes", STAGES))
-        print(format_bound(pipe, "scenes", STAGES))
-        print(format_startup(pipe, "first_scene_s", "scene"))
+        rows = measure(lambda: pipeline_row(root, work / "out", overrides),
+                       None if args.skip_alone else lambda pipe, cores: stages_alone(root, cfg, cores),
+                       cfg, dict(arch=args.arch, weights="random-init", views_per_scene=args.views,
+                                 load_size=cfg.load.size), load_start)
+        print_report(rows, "scenes", STAGES, "first_scene_s", "scene")
         if args.json:
             atomic_write_json(args.json, {"rows": rows})
     finally:

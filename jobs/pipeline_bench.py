@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tomeray.pipeline.core.timing import CostTotals, run_costs
 
-__all__ = ["NAN", "add_stages_alone", "alone_row", "check_valid", "drain", "fmt", "format_bound",
-           "format_stage_table", "format_startup", "load_average", "run_cold"]
+__all__ = ["NAN", "alone_row", "check_valid", "drain", "fmt", "format_bound", "format_stage_table",
+           "format_startup", "load_average", "measure", "print_report", "run_cold"]
 
 NAN = float("nan")
 
@@ -68,20 +68,35 @@ def pipeline_figures(record: dict, command_s: float) -> dict:
             "cores": costs["cores"], "run_id": record["run_id"], "valid": costs["valid"] and command <= 1.001}
 
 
-def add_stages_alone(rows: list[dict], cfg, run_stages) -> None:
-    """Start a Ray session as the job would, append ``run_stages(cores)``'s rows, each with its cost
-    per item alone over the pipeline's (``cost_vs_pipeline``: contention shows as a value below 1)."""
-    import ray
-    from tomeray.pipeline.core.ray_session import init_ray
+def measure(pipeline_row, run_stages, cfg, labels: dict, load_start: float) -> list[dict]:
+    """The rows of a pipeline bench: ``pipeline_row()`` (the command run cold), then, unless
+    ``run_stages`` is None, ``run_stages(pipeline, cores)``'s stages alone on a Ray session started as
+    the job would, each with its cost per item alone over the pipeline's (``cost_vs_pipeline``:
+    contention shows as a value below 1). Every row gets ``labels`` and the load averages."""
+    rows = [pipeline_row()]
+    if run_stages is not None:
+        import ray
+        from tomeray.pipeline.core.ray_session import init_ray
 
-    init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    try:
-        cores = float(ray.cluster_resources().get("CPU", 0.0))
-        for row in run_stages(cores):
-            row["cost_vs_pipeline"] = row[f"{row['stage']}_cpu_s"] / rows[0][f"{row['stage']}_cpu_s"]
-            rows.append(row)
-    finally:
-        ray.shutdown()
+        init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        try:
+            cores = float(ray.cluster_resources().get("CPU", 0.0))
+            for row in run_stages(rows[0], cores):
+                row["cost_vs_pipeline"] = row[f"{row['stage']}_cpu_s"] / rows[0][f"{row['stage']}_cpu_s"]
+                rows.append(row)
+        finally:
+            ray.shutdown()
+    load_end = load_average()
+    for r in rows:
+        r.update(labels, load_avg_start=load_start, load_avg_end=load_end)
+    return rows
+
+
+def print_report(rows: list[dict], unit: str, stages: tuple[str, str], first_key: str, what: str) -> None:
+    """The stage table, the bound's definition and the start-up milestones of the pipeline row."""
+    print(format_stage_table(rows, unit, stages))
+    print(format_bound(rows[0], unit, stages))
+    print(format_startup(rows[0], first_key, what))
 
 
 def format_stage_table(rows: list[dict], unit: str, stages: tuple[str, str]) -> str:
