@@ -43,11 +43,14 @@ def run_command(prog: str, body: Callable[[], int | None],
 
 def command_parser(prog: str, description: str, epilog: str, items_metavar: str,
                    items_help: str) -> argparse.ArgumentParser:
-    """A command whose positional ``items`` mix its inputs with ``section.key=value`` overrides
-    (``split_overrides`` tells them apart), with its examples kept as written."""
+    """A command on Ray whose positional ``items`` mix its inputs with ``section.key=value``
+    overrides (``split_overrides`` tells them apart), with its examples kept as written, and the Ray
+    cluster it runs on."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar=items_metavar, help=items_help)
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     return parser
 
 
@@ -57,8 +60,6 @@ def job_parser(prog: str, description: str, epilog: str, items_help: str, out_he
     the Ray cluster. Commands add their own options."""
     parser = command_parser(prog, description, epilog, "INPUT|KEY=VALUE", items_help)
     parser.add_argument("--out", required=out_required, help=out_help)
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     return parser
 
 

@@ -29,8 +29,6 @@ def _parser() -> argparse.ArgumentParser:
         "the data (a path,caption table or an MSR-VTT folder) and config overrides "
         "(see 'tomeray config eval-retrieval')")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics to FILE as JSON")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     return parser
 
 

@@ -38,8 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of uvicorn")
     parser.add_argument("--replicas", type=int, default=None,
                         help="Ray Serve replicas (default: ray.replicas)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     return parser
 
 
