@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,7 +16,13 @@ from tomeray.models.tempme.adapter import load_adapter, read_adapter_metadata
 from tomeray.models.tempme.encoder import TempMeEncoder
 from tomeray.models.tempme.schedule import CUSTOM, MergeSchedule, preset_schedule
 
-__all__ = ["VideoModelConfig", "create_video_encoder"]
+__all__ = ["VideoModelConfig", "absolute_path", "create_video_encoder"]
+
+
+def absolute_path(path: str | None) -> str | None:
+    """A file named on the command line, absolute: Ray workers may run in another working directory."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
 
 @dataclass
 class VideoModelConfig:
@@ -26,6 +33,9 @@ class VideoModelConfig:
     seed: int = 0  # random init seed (pretrained=none)
     schedule: MergeSchedule | None = None  # with preset="custom": the merge schedule to use
     adapter: str | None = None  # path of a trained adapter (adapter.safetensors); None: training-free
+
+    def __post_init__(self):
+        self.adapter = absolute_path(self.adapter)
 
 
 def _config_schedule(cfg: VideoModelConfig) -> MergeSchedule:

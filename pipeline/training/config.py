@@ -13,7 +13,7 @@ from tomeray.models.device import InferenceConfig
 from tomeray.models.tempme import VideoModelConfig
 from tomeray.operators.clip_decode import AugmentConfig
 from tomeray.pipeline.core.graph import ActorPoolConfig, RayJobConfig
-from tomeray.pipeline.video.config import IndexConfig, SamplingConfig, absolute_path
+from tomeray.pipeline.video.config import IndexConfig, SamplingConfig
 
 __all__ = ["AugmentConfig", "DataConfig", "EvalConfig", "EvalSettings", "TrainConfig", "TrainSettings"]
 
@@ -65,9 +65,6 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 
-    def __post_init__(self):
-        self.model.adapter = absolute_path(self.model.adapter)
-
     def recipe(self) -> dict:
         """The settings a training output pins (a resumed run must use the same)."""
         import dataclasses
@@ -95,9 +92,6 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
-
-    def __post_init__(self):
-        self.model.adapter = absolute_path(self.model.adapter)
 
     def index_config(self) -> IndexConfig:
         """The indexing settings whose decode + embed graph embeds the clips."""

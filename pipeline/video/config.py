@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from tomeray.models.device import InferenceConfig
 from tomeray.models.tempme import VideoModelConfig
+from tomeray.models.tempme.factory import absolute_path
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.core.graph import ActorPoolConfig, RayJobConfig
 from tomeray.pipeline.video.faiss_config import FaissConfig
 
 __all__ = ["FaissConfig", "IndexConfig", "IndexOutputConfig", "InputConfig",
-           "SamplingConfig", "SearchConfig", "SearchModelConfig", "absolute_path"]
-
-
-def absolute_path(path: str | None) -> str | None:
-    """A file named on the command line, absolute: Ray workers may run in another working directory."""
-    return os.path.abspath(os.path.expanduser(path)) if path else path
+           "SamplingConfig", "SearchConfig", "SearchModelConfig"]
 
 
 @dataclass
@@ -55,9 +50,6 @@ class IndexConfig:
     input: InputConfig = field(default_factory=InputConfig)
     faiss: FaissConfig = field(default_factory=FaissConfig)
     output: IndexOutputConfig = field(default_factory=IndexOutputConfig)
-
-    def __post_init__(self):
-        self.model.adapter = absolute_path(self.model.adapter)
 
     def sampling_header(self) -> dict:
         """The sampling settings an index pins (its rows depend on them)."""
