@@ -115,6 +115,7 @@ class JobOutput:
         self.manifest_path = self.root / "manifest.json"
         self.config_path = self.root / "config.yaml"
         self.runs_dir = self.root / "runs"
+        self.errors_dir = self.root / "errors"  # every job's error table (pipeline.core.errors_table)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.root}')"

@@ -121,7 +121,6 @@ class ReconLayout(JobOutput):
         self.errors_path = self.root / "errors.parquet"
         self.cameras_dir = self.root / "cameras"
         self.points_dir = self.root / "points"
-        self.errors_dir = self.root / "errors"
         self.scenes_dir = self.root / "scenes"
         self.ply_dir = self.root / "ply"
         self.colmap_dir = self.root / "colmap"

@@ -40,7 +40,6 @@ class TrainLayout(JobOutput):
         super().__init__(root)
         self.adapter_path = self.root / "adapter.safetensors"
         self.metrics_path = self.root / "metrics.json"
-        self.errors_dir = self.root / "errors"
         self.checkpoints_dir = self.root / "checkpoints"
 
     @property

@@ -111,7 +111,6 @@ class IndexLayout(JobOutput):
     def __init__(self, root):
         super().__init__(root)
         self.embeddings_dir = self.root / "embeddings"
-        self.errors_dir = self.root / "errors"
         self.thumbnails_dir = self.root / "thumbnails"
         self.lookup_dir = self.root / "lookup"
         self.faiss_path = self.root / "index.faiss"
