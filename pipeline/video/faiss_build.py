@@ -100,13 +100,14 @@ def scan_shards(shards: list[Path]) -> list[ShardRows]:
     if not per_shard:
         return []
     ids = np.concatenate(per_shard)
-    owner = np.repeat(np.arange(len(shards)), [len(a) for a in per_shard])
-    starts = np.cumsum([0] + [len(a) for a in per_shard[:-1]])
+    starts = np.cumsum([0] + [len(a) for a in per_shard])
     _, first = np.unique(ids, return_index=True)
     first.sort()
+    # first is sorted, so each shard's rows are one slice of it: no pass over all rows per shard
+    edges = np.searchsorted(first, starts)
     out = []
     for s, path in enumerate(shards):
-        chosen = first[owner[first] == s]
+        chosen = first[edges[s]:edges[s + 1]]
         out.append(ShardRows(path, chosen - starts[s], ids[chosen]))
     return out
 
@@ -144,11 +145,12 @@ def _sample(selection: list[ShardRows], size: int, seed: int) -> list[ShardRows]
     if size >= total:
         return selection
     chosen = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
-    out, start = [], 0
-    for s in selection:
-        local = chosen[(chosen >= start) & (chosen < start + len(s.rows))] - start
+    starts = np.cumsum([0] + [len(s.rows) for s in selection])
+    edges = np.searchsorted(chosen, starts)  # chosen is sorted: each shard's picks are one slice
+    out = []
+    for i, s in enumerate(selection):
+        local = chosen[edges[i]:edges[i + 1]] - starts[i]
         out.append(ShardRows(s.path, s.rows[local], s.ids[local]))
-        start += len(s.rows)
     return out
 
 
@@ -357,9 +359,10 @@ def _changes(index, selection: list[ShardRows], all_ids: np.ndarray, covered: st
     newer than ``covered`` (the last shard of its build) for ids it has, which are replaced; and
     ids no shard holds any more."""
     indexed = index_ids(index)
+    # one membership test for all rows (each np.isin sorts ``indexed``), then split per shard
+    fresh_all = np.split(~np.isin(all_ids, indexed), np.cumsum([len(s.ids) for s in selection])[:-1])
     to_add, replaced = [], []
-    for s in selection:
-        fresh = ~np.isin(s.ids, indexed)
+    for s, fresh in zip(selection, fresh_all):
         if covered is not None and s.path.name > covered:
             replaced.append(s.ids[~fresh])  # re-embedded since the last build: replaced by id
             fresh[:] = True
