@@ -36,10 +36,11 @@ from tomeray.pipeline.training.data import Clip, load_clips, train_val_split
 from tomeray.pipeline.training.layout import RUN_NAME, TrainLayout
 from tomeray.pipeline.training.plan import steps_per_epoch, warmup_steps
 from tomeray.pipeline.training.state import ADAPTER_FILE, read_progress
+from tomeray.pipeline.video.job import model_facts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainSummary", "TrainingFailedError", "model_facts", "run_train"]
+__all__ = ["TrainSummary", "TrainingFailedError", "run_train"]
 
 
 class TrainingFailedError(TomerayError):
@@ -72,15 +73,6 @@ class TrainSummary:
     @property
     def exit_code(self) -> int:
         return 130 if not self.complete else (1 if self.failures else 0)
-
-
-def model_facts(model) -> tuple[dict, str]:
-    """Identity and weights id of the encoder ``model`` builds, on the driver (on CPU): checks the
-    weights (and an adapter) before any work starts."""
-    from tomeray.models.tempme import create_video_encoder
-
-    encoder = create_video_encoder(model, device="cpu", precision="fp32")
-    return encoder.identity(), encoder.weights_id
 
 
 def _check_recipe(cfg: TrainConfig) -> None:
@@ -199,7 +191,7 @@ def run_train(data: str, out: str | Path, overrides: list[str] | tuple[str, ...]
     if len(pair_clip) < cfg.train.workers:
         raise InputError(f"{len(pair_clip)} training pairs cannot be shared by "
                          f"train.workers={cfg.train.workers} workers; use fewer workers")
-    identity, weights_id = model_facts(cfg.model)
+    identity, weights_id, _, _ = model_facts(cfg.model, with_text=True)  # both towers train
     header = {"model": identity, "weights_id": weights_id, "recipe": cfg.recipe(),
               "data": {"source": clips.source, "format": clips.format, "digest": clips.digest(),
                        "train_clips": len(train), "train_pairs": len(pair_clip), "val_clips": len(val)}}

@@ -42,7 +42,7 @@ from tomeray.pipeline.video.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IndexSummary", "completed_paths", "faiss_summary", "finish_index", "run_index"]
+__all__ = ["IndexSummary", "completed_paths", "faiss_summary", "finish_index", "model_facts", "run_index"]
 
 
 @dataclass
@@ -123,16 +123,17 @@ def faiss_summary(manifest: dict) -> dict:
     return {k: entry[k] for k in keys if k in entry}
 
 
-def _model_facts(model: VideoModelConfig) -> tuple[dict, str, int, int]:
+def model_facts(model: VideoModelConfig, *, with_text: bool = False) -> tuple[dict, str, int, int]:
     """Identity, weights id, embedding dim and image size of the encoder, built once on the driver
-    (on CPU): this checks the weights before any work starts and pins the manifest. Its values are
-    never used, so no random values are drawn and no text tower is built; named weights are still
-    read, so a missing or mismatched checkpoint fails here."""
+    (on CPU): this checks the weights (and an adapter) before any work starts and pins the output.
+    Its values are never used, so no random values are drawn, and the text tower is built only
+    ``with_text`` (to check an adapter's text part too); named weights are still read, so a missing
+    or mismatched checkpoint fails here."""
     from tomeray.models.clip import skip_weight_init
     from tomeray.models.tempme import create_video_encoder
 
     with skip_weight_init():
-        encoder = create_video_encoder(model, with_text=False, device="cpu", precision="fp32")
+        encoder = create_video_encoder(model, with_text=with_text, device="cpu", precision="fp32")
     return encoder.identity(), encoder.weights_id, encoder.embed_dim, encoder.image_size
 
 
@@ -165,13 +166,13 @@ def run_index(
     discovery = discover_videos(inputs, tuple(cfg.input.extensions), cfg.input.list_column)
     marks["discovered_at"] = time.time()
 
-    def model_facts() -> tuple[dict, str, int, int]:
-        facts = _model_facts(cfg.model)  # fails early on missing weights
+    def check_model() -> tuple[dict, str, int, int]:
+        facts = model_facts(cfg.model)  # fails early on missing weights
         marks["model_facts_at"] = time.time()
         return facts
 
     with ThreadPoolExecutor(1) as background:
-        facts = background.submit(model_facts)
+        facts = background.submit(check_model)
         if _work_likely(layout, discovery.paths):  # Ray's start-up overlaps the driver's model build
             from tomeray.pipeline.core.ray_session import init_ray
 
