@@ -31,6 +31,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from tomeray.models.errors import ConfigError, InputError, TomerayError
+from tomeray.models.host import host_available_memory
 from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.video.faiss_config import FaissConfig
 from tomeray.pipeline.video.faiss_index import (
@@ -52,7 +53,6 @@ from tomeray.pipeline.video.faiss_index import (
     trained_fingerprint,
 )
 from tomeray.pipeline.video.faiss_merge import IndexMerger, check_mergeable, encode_part, ondisk_file
-from tomeray.pipeline.video.faiss_runtime import available_memory
 from tomeray.pipeline.video.layout import _read_shard
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def _wants_ondisk(cfg: FaissConfig, template, previous, n_rows: int) -> bool:
         return False
     if previous is not None and ondisk_file(previous):
         return True
-    return estimated_bytes_per_vector(template) * n_rows > MEMORY_SHARE * available_memory()
+    return estimated_bytes_per_vector(template) * n_rows > MEMORY_SHARE * host_available_memory()
 
 
 # --------------------------------------------------------------------------------------------

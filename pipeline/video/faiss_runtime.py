@@ -10,11 +10,10 @@ import sys
 
 import faiss
 from tomeray.models.errors import ConfigError
-from tomeray.models.host import host_available_memory
 
 log = logging.getLogger(__name__)
 
-__all__ = ["available_memory", "faiss_reason", "gpu_available", "index_to_device", "inner_index",
+__all__ = ["faiss_reason", "gpu_available", "index_to_device", "inner_index",
            "quiet_stdout", "resolve_use_gpu"]
 
 USE_GPU_CHOICES = ("auto", "always", "never")
@@ -42,11 +41,6 @@ def quiet_stdout():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations on this machine."""
-    return host_available_memory()
 
 
 def gpu_available() -> bool:

@@ -34,10 +34,10 @@ from functools import cached_property
 
 import numpy as np
 from tomeray.models.errors import ConfigError, InputError
+from tomeray.models.host import host_available_memory
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry
 from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index
-from tomeray.pipeline.video.faiss_runtime import available_memory
 from tomeray.pipeline.video.filters import Ranking, SearchFilters, matching_ids, rank
 from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
 from tomeray.pipeline.video.metadata import MetadataTable, ParquetCells
@@ -166,7 +166,7 @@ class VideoSearcher:
         if path.exists() or entry:
             mmap = self.mmap
             if mmap is None:
-                mmap = path.exists() and path.stat().st_size > available_memory() // 4
+                mmap = path.exists() and path.stat().st_size > host_available_memory() // 4
             return load_index(path, mmap=bool(mmap), factory=str((entry or {}).get("factory") or ""),
                               ondisk=bool((entry or {}).get("ondisk")))
         log.warning("index %s has no FAISS file (built with output.build_faiss=false): searching its "
