@@ -25,7 +25,7 @@ from tomeray.pipeline.training.data import load_clips, select_split, splits_need
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalResult", "run_eval_retrieval"]
+__all__ = ["EvalResult", "embed_captions", "run_eval_retrieval"]
 
 
 @dataclass
@@ -71,7 +71,8 @@ def _embed_clips(cfg: EvalConfig, clips, image_size: int) -> tuple[dict[int, np.
     return vectors, failures + worker_lost_rows(expected, seen, "decode")
 
 
-def _embed_captions(encoder, texts: list[str], batch_size: int, context_length: int) -> np.ndarray:
+def embed_captions(encoder, texts: list[str], batch_size: int, context_length: int) -> np.ndarray:
+    """(N, D) text embeddings of ``texts``, ``batch_size`` captions per text-tower call."""
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = encoder.tokenize(texts[start:start + batch_size], context_length)
@@ -108,7 +109,7 @@ def run_eval_retrieval(data: str, overrides: list[str] | tuple[str, ...] = (), a
     kept = sorted(vectors)
     column = {clip: j for j, clip in enumerate(kept)}
     captions = [(column[i], text) for i in kept for text in clips[i].captions]
-    text = _embed_captions(encoder, [t for _, t in captions], cfg.eval.text_batch_size,
+    text = embed_captions(encoder, [t for _, t in captions], cfg.eval.text_batch_size,
                            cfg.eval.context_length)
     video = np.stack([vectors[i] for i in kept])
     metrics = retrieval_metrics(text @ video.T, [j for j, _ in captions])

@@ -45,26 +45,20 @@ def _embed_clips(worker, indices: list[int]) -> tuple[list[int], list[np.ndarray
     return done, vectors, failures
 
 
-def _embed_captions(worker, indices: list[int]) -> list[np.ndarray]:
-    enc, captions = worker.encoder, worker.config["val_captions"]
-    out = []
-    for start in range(0, len(indices), worker.recipe["val_batch_size"]):
-        texts = [captions[i][1] for i in indices[start:start + worker.recipe["val_batch_size"]]]
-        tokens = enc.tokenize(texts, worker.recipe["context_length"]).to(enc.device)
-        out.extend(enc.encode_text(tokens).float().cpu().numpy())
-    return out
-
-
 def validate(worker) -> dict | None:
     """The retrieval metrics on the validation clips (None when none of them decoded)."""
     from tomeray.models.retrieval_metrics import retrieval_metrics
+    from tomeray.pipeline.training.evaluation import embed_captions
 
     cfg = worker.config
     clips = list(range(worker.rank, len(cfg["val_clips"]), worker.world))
     captions = list(range(worker.rank, len(cfg["val_captions"]), worker.world))
     done, vectors, failures = _embed_clips(worker, clips)
     worker.record_failures(failures)
-    shared = worker.gather_objects((done, vectors, captions, _embed_captions(worker, captions)))
+    texts = [cfg["val_captions"][i][1] for i in captions]
+    recipe = worker.recipe
+    embedded = embed_captions(worker.encoder, texts, recipe["val_batch_size"], recipe["context_length"])
+    shared = worker.gather_objects((done, vectors, captions, embedded))
     video = {i: v for d, vs, _, _ in shared for i, v in zip(d, vs)}
     text = {i: t for _, _, c, ts in shared for i, t in zip(c, ts)}
     if not video:
