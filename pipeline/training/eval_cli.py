@@ -10,6 +10,7 @@ from tomeray.models.errors import InputError
 from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.core.runner import command_parser, print_errors, run_job_command, weights_line
 from tomeray.pipeline.training.evaluation import EvalResult, run_eval_retrieval
+from tomeray.pipeline.video.layout import describe_adapter
 
 __all__ = ["format_metrics", "main"]
 
@@ -45,8 +46,7 @@ def print_result(r: EvalResult) -> None:
           f"{r.seconds:.1f} s")
     print(format_metrics(m))
     print(weights_line(r.weights_id, "the metrics are not meaningful"))
-    print(f"adapter: {r.adapter['id']} ({r.adapter['name']}, {r.adapter['path']})" if r.adapter
-          else "adapter: none (TempMe's training-free form)")
+    print(describe_adapter(r.adapter, r.adapter and r.adapter["path"]))
     print_errors(r.failures, "--json")
 
 

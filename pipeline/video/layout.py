@@ -36,7 +36,7 @@ from tomeray.pipeline.core.errors_table import current_errors, read_error_parts,
 from tomeray.pipeline.core.output import JobOutput, check_compatible
 
 __all__ = ["PINNED", "THUMBNAIL_ROW_GROUP", "IndexLayout", "adapter_line", "check_same_embeddings",
-           "embeddings_schema", "index_header", "thumbnails_schema"]
+           "describe_adapter", "embeddings_schema", "index_header", "thumbnails_schema"]
 
 # Manifest paths two sets of embeddings must agree on to be searched or merged together. The id
 # root itself is not pinned: the same corpus may be mounted elsewhere on another machine.
@@ -85,11 +85,15 @@ def index_header(identity: dict, weights_id: str, dim: int, sampling: dict, id_r
 def adapter_line(manifest: dict, path: str | None = None) -> str:
     """``adapter: ...``: which trained adapter an index's embeddings were made with, if any, and its
     file (``path``: where it is loaded from now, when not where the manifest recorded it)."""
-    adapter = (manifest.get("model") or {}).get("adapter")
+    return describe_adapter((manifest.get("model") or {}).get("adapter"),
+                            path or (manifest.get("adapter") or {}).get("path"))
+
+
+def describe_adapter(adapter: dict | None, path: str | None) -> str:
+    """``adapter: <id> (<name>, <path>)`` for an adapter's ``{"id", "name"}``, or that there is none."""
     if not adapter:
         return "adapter: none (TempMe's training-free form)"
-    path = path or (manifest.get("adapter") or {}).get("path") or "file not recorded"
-    return f"adapter: {adapter.get('id')} ({adapter.get('name')}, {path})"
+    return f"adapter: {adapter.get('id')} ({adapter.get('name')}, {path or 'file not recorded'})"
 
 
 def check_same_embeddings(a: dict, b: dict, what_a: str, what_b: str,
