@@ -198,7 +198,7 @@ class GlobalMergePlan:
     ) -> None:
         self.num_tokens = dst.numel()
         self.dst, self.protected = dst, protected
-        self.proportional, self.protect, self.rematch_every = proportional, protect, rematch_every
+        self.proportional, self.rematch_every = proportional, rematch_every
         self.score_dtype = torch.bfloat16 if similarity == "bfloat16" else None
         self.src_idx = (~dst).nonzero().squeeze(1)
         self.dst_idx = dst.nonzero().squeeze(1)
@@ -235,7 +235,7 @@ class GlobalMergePlan:
         if bool((counts_src != counts_src[0]).any()) or bool((counts_dst != counts_dst[0]).any()):
             raise ValueError("candidates='local' needs the same number of sources and destinations per view")
         g, k, d = views - 1, int(counts_src[0]), int(counts_dst[0])
-        self.group_src = torch.arange(self.src_idx.numel(), device=self.dst.device).view(g, k)
+        self.groups = (g, k)  # sources in view order: group j holds view j + 1's k sources
         self.shared_token = self.dst_idx[dst_view == 0]
         self.own_token = self.dst_idx[dst_view > 0].view(g, d)
         self.shared_excluded = ~allowed[self.shared_token]
@@ -262,7 +262,7 @@ class GlobalMergePlan:
                 m = unit(metric)
                 src_excluded = self.src_protected.expand(b, -1)
                 if self.candidates == "local":
-                    g, k = self.group_src.shape
+                    g, k = self.groups
                     best, local = best_destinations_grouped(
                         m[:, self.src_idx].view(b, g, k, -1),
                         m[:, self.shared_token],
