@@ -32,11 +32,12 @@ def scene_items(specs: list[dict]) -> list[dict]:
 
 
 def build_dataset(specs: list[dict], cfg: ReconConfig):
-    """``specs`` from ``discover_scenes``. Returns the dataset of reconstructed scene rows."""
+    """``specs`` from ``discover_scenes``. Returns the dataset of reconstructed scene rows and the
+    VGGT actors' plan it runs with."""
     from tomeray.operators.scene_reconstruct import SceneReconstructor
 
     items = scene_items(specs)
     ds = source_dataset(items, progress=cfg.ray.progress, max_blocks=cfg.ray.max_blocks)
     ds = task_stage(ds, scene_loader(cfg), cfg.ray.tasks)
     plan = plan_actors(cfg.ray.actors, len(items))
-    return actor_stage(ds, SceneReconstructor, reconstructor_kwargs(cfg), plan, batch_size=1)
+    return actor_stage(ds, SceneReconstructor, reconstructor_kwargs(cfg), plan, batch_size=1), plan

@@ -109,16 +109,17 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
     writer = SceneWriter(layout, cfg, {s["scene"]: s for s in specs})
     pipeline_s, costs, startup, startup_cpu = 0.0, {}, {}, {}
     if todo:
-        from tomeray.pipeline.core.graph import cluster_resources, plan_actors
+        from tomeray.pipeline.core.graph import cluster_resources
         from tomeray.pipeline.core.ray_session import init_ray
         from tomeray.pipeline.reconstruction.graph import build_dataset
 
         init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
         marks["ray_ready_at"] = time.time()
-        plan, cores = plan_actors(cfg.ray.actors, len(todo)), float(cluster_resources().get("CPU", 0.0))
+        cores = float(cluster_resources().get("CPU", 0.0))
         pipeline_start = time.perf_counter()
         marks["graph_started_at"], driver_cpu_s = time.time(), time.process_time()
-        for batch in build_dataset(todo, cfg).iter_batches(batch_size=None, batch_format="numpy"):
+        ds, plan = build_dataset(todo, cfg)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch)
         pipeline_s = time.perf_counter() - pipeline_start
         marks.update(first_row_at_driver=writer.first_row_at, pipeline_done_at=time.time())

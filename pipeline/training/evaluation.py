@@ -56,8 +56,8 @@ def _embed_clips(cfg: EvalConfig, clips, image_size: int) -> tuple[dict[int, np.
     init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     items = [c.item(key=str(i)) for i, c in enumerate(clips)]
     vectors, failures, seen = {}, [], set()
-    for batch in build_dataset(items, cfg.index_config(), image_size).iter_batches(batch_size=None,
-                                                                                     batch_format="numpy"):
+    ds, _ = build_dataset(items, cfg.index_config(), image_size)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for j, key in enumerate(batch["key"]):
             i = int(key)
             seen.add(clips[i].key)

@@ -35,10 +35,11 @@ def embedder_kwargs(cfg: IndexConfig) -> dict:
 
 
 def build_dataset(items: list[dict], cfg: IndexConfig, image_size: int):
-    """``items``: ``{path, key}`` rows. Returns the dataset of embedded clip rows (see the operators)."""
+    """``items``: ``{path, key}`` rows. Returns the dataset of embedded clip rows (see the operators)
+    and the embed actors' plan it runs with."""
     from tomeray.operators.video_embed import VideoEmbedder
 
     ds = source_dataset(items, progress=cfg.ray.progress, max_blocks=cfg.ray.max_blocks)
     ds = task_stage(ds, video_decoder(cfg, image_size), cfg.ray.tasks)
     plan, batch_size = plan_embedding(cfg, len(items))
-    return actor_stage(ds, VideoEmbedder, embedder_kwargs(cfg), plan, batch_size)
+    return actor_stage(ds, VideoEmbedder, embedder_kwargs(cfg), plan, batch_size), plan

@@ -211,18 +211,17 @@ def run_index(
     if items:
         from tomeray.pipeline.core.graph import cluster_resources
         from tomeray.pipeline.core.ray_session import init_ray
-        from tomeray.pipeline.video.graph import build_dataset, plan_embedding
+        from tomeray.pipeline.video.graph import build_dataset
 
         init_ray(address or cfg.ray.address, num_cpus=cfg.ray.num_cpus)
         marks.setdefault("ray_ready_at", time.time())
-        plan, _ = plan_embedding(cfg, len(items))
         cores = float(cluster_resources().get("CPU", 0.0))
         pipeline_start = time.perf_counter()
         marks["graph_started_at"] = time.time()
         driver_cpu_s = time.process_time()  # this process so far: imports, model facts, Ray's client
+        ds, plan = build_dataset(items, cfg, image_size)
         try:
-            for batch in build_dataset(items, cfg, image_size).iter_batches(batch_size=None,
-                                                                              batch_format="numpy"):
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 writer.add(batch)
         finally:
             writer.flush()  # on Ctrl-C too: completed rows are kept
