@@ -57,6 +57,7 @@ class ExportConfig:
     ply_confidence: bool = True  # add a confidence property to the PLY vertices
     colmap: bool = False  # colmap/<scene>/{cameras,images,points3D}.txt
     colmap_max_points: int = 100_000  # points3D subsample (seeded)
+    glb: bool = False  # glb/<scene>.glb: points and camera frustums (binary glTF, trimesh)
 
 
 @dataclass

@@ -4,7 +4,8 @@ PLY (``write_ply`` / ``read_ply``): binary little-endian, one ``vertex`` element
 float, ``red green blue`` uchar and optionally ``confidence`` float. The reader also takes ASCII
 and big-endian files with any scalar vertex properties (reference clouds from other tools).
 
-``write_exports`` writes a scene's requested exports (``export.ply`` / ``export.colmap``).
+``write_exports`` writes a scene's requested exports (``export.ply`` / ``export.colmap`` /
+``export.glb``, the last in ``pipeline.reconstruction.glb``).
 
 COLMAP text model (``write_colmap_text`` / ``read_colmap_text``): ``cameras.txt`` (one PINHOLE
 camera per image), ``images.txt`` (world-to-camera pose as quaternion qw qx qy qz and translation,
@@ -27,6 +28,7 @@ from tomeray.models.errors import InputError
 from tomeray.models.pose import quaternion_to_rotation, rotation_to_quaternion
 from tomeray.pipeline.core.atomic import atomic_write_text, atomic_write_with
 from tomeray.pipeline.reconstruction.config import ExportConfig
+from tomeray.pipeline.reconstruction.glb import glb_path, write_glb
 from tomeray.pipeline.reconstruction.layout import ReconLayout
 from tomeray.pipeline.reconstruction.results import SceneCameras, ScenePoints, load_scene
 
@@ -292,7 +294,8 @@ def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: Scen
     wants_ply = cfg.ply and not (only_missing and layout.ply_path(scene).is_file())
     have_colmap = (layout.colmap_path(scene) / "points3D.txt").is_file()
     wants_colmap = cfg.colmap and not (only_missing and have_colmap)
-    if not (wants_ply or wants_colmap):
+    wants_glb = cfg.glb and not (only_missing and glb_path(layout, scene).is_file())
+    if not (wants_ply or wants_colmap or wants_glb):
         return []
     if cams is None or pts is None:
         cams, pts = load_scene(layout.root, scene)
@@ -316,4 +319,7 @@ def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: Scen
         write_colmap_text(layout.colmap_path(scene), names, cams.width, cams.height, cams.intrinsic,
                           cams.extrinsic, pts.xyz[idx], pts.rgb[idx], views)
         written.append("colmap")
+    if wants_glb:
+        write_glb(glb_path(layout, scene), cams, pts)
+        written.append("glb")
     return written
