@@ -149,12 +149,14 @@ def test_bad_scene_requests_get_a_clean_4xx(recon_server, path, status):
 @pytest.mark.slow
 def test_the_token_guards_scene_routes_the_viewer_and_points(recon_server):
     for path in ["/api/scenes", f"/api/scenes/{Q}/cameras", f"/api/scenes/{Q}/points?max=10",
-                 f"/api/scenes/{Q}/views/0/thumbnail", f"/scenes/{Q}", "/scenes"]:
+                 f"/api/scenes/{Q}/views/0/thumbnail", f"/scenes/{Q}"]:
         response = requests.get(recon_server.url + path, timeout=60)
         assert response.status_code == 401 and response.json()["status"] == 401, path
         wrong = requests.get(recon_server.url + path, headers={"Authorization": "Bearer wrong-token-123"},
                              timeout=60)
         assert wrong.status_code == 401, path
+    # the list page holds no data: it is public and asks for the token, like the search page
+    assert "token-form" in requests.get(recon_server.url + "/scenes", timeout=60).text
     page = get(recon_server, f"/scenes/{Q}")
     assert page.status_code == 200 and "viewer.js" in page.text
     # the page's assets are public, like the search page's; three.js ships with its licence

@@ -15,7 +15,7 @@ __all__ = ["HitReconConfig", "SceneLimits", "ScenesConfig", "split_scene_overrid
 
 @dataclass
 class SceneLimits:
-    default_points: int = 1_000_000  # points sent when a request does not say (?max=N)
+    default_points: int = 1_000_000  # points sent when a request does not say (?max=N; capped by max_points)
     max_points: int = 5_000_000  # the most points one request gets
 
 
@@ -47,8 +47,8 @@ def split_scene_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def validate_scenes(cfg: ScenesConfig) -> None:
     lim = cfg.limits
-    if not 1 <= lim.default_points <= lim.max_points:
-        raise ConfigError(f"limits.default_points must be from 1 to limits.max_points ({lim.max_points}), "
-                          f"got {lim.default_points}")
+    if lim.default_points < 1 or lim.max_points < 1:
+        raise ConfigError(f"limits.default_points and limits.max_points must be at least 1, got "
+                          f"{lim.default_points} and {lim.max_points}")
     if cfg.recon.views < 1 or cfg.recon.max_jobs < 1:
         raise ConfigError("recon.views and recon.max_jobs must be at least 1")

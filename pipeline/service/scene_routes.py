@@ -75,7 +75,7 @@ def add_scene_routes(app: FastAPI, store: SceneStore, cfg: ScenesConfig) -> None
                      f"each: {POINT_LAYOUT})",
              responses={200: {"content": {"application/octet-stream": {}}}})
     async def points(scene: str, max: str | None = None):  # noqa: A002 - the documented parameter name
-        want = parse_count(max, limits.default_points, limits.max_points)
+        want = parse_count(max, min(limits.default_points, limits.max_points), limits.max_points)
         body, count, total = await _call(store.points, scene, want)
         return Response(body, media_type="application/octet-stream",
                         headers={"X-Points-Count": str(count), "X-Points-Total": str(total),

@@ -107,6 +107,16 @@ class SceneStore:
         self._stamps: tuple = ()
         self._scenes: dict[str, ServedScene] = {}
 
+    def add(self, root: str | Path) -> None:
+        """Serve another output too (one the service writes, once it exists)."""
+        root = Path(root)
+        with self._lock:
+            if any(layout.root.resolve() == root.resolve() for layout in self.layouts):
+                return
+            self.layouts = [*self.layouts, ReconLayout(root)]
+            self.names = [*self.names, root.resolve().name]
+            self._stamps = ()
+
     def _stamp(self) -> tuple:
         stamps = []
         for layout in self.layouts:

@@ -8,9 +8,28 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// the page is public; its data needs the token when the server has one: asked once, kept as a cookie
+function askToken() {
+  return new Promise((resolve) => {
+    $("token-form").hidden = false;
+    $("token-form").onsubmit = async (event) => {
+      event.preventDefault();
+      const r = await fetch("/api/login", { method: "POST", credentials: "same-origin",
+                                            headers: { Authorization: `Bearer ${$("token").value.trim()}` } });
+      if (r.ok) { $("token-form").hidden = true; resolve(); return; }
+      $("token").value = "";
+      $("token").placeholder = "that token was not accepted";
+    };
+  });
+}
+
 async function start() {
   try {
-    const response = await fetch("/api/scenes", { credentials: "same-origin" });
+    let response = await fetch("/api/scenes", { credentials: "same-origin" });
+    if (response.status === 401) {
+      await askToken();
+      response = await fetch("/api/scenes", { credentials: "same-origin" });
+    }
     const body = await response.json();
     if (!response.ok) throw new Error(body.error || response.statusText);
     const health = await fetch("/api/health").then((r) => r.json()).catch(() => ({}));

@@ -42,7 +42,7 @@ __all__ = ["SESSION_COOKIE", "Guard", "create_app", "error_response", "session_v
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "tomeray_session"
-PUBLIC_PATHS = {"/", "/docs", "/api/health", "/favicon.ico"}
+PUBLIC_PATHS = {"/", "/docs", "/api/health", "/favicon.ico", "/scenes"}  # pages without data
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
