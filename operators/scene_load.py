@@ -199,7 +199,8 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
     first = 0
     if window_s is not None and fps > 0:
         first = min(n, max(0, math.ceil(float(window_s[0]) * fps - 1e-6)))
-        n = min(n, math.floor(float(window_s[1]) * fps + 1e-6) + 1)
+        if math.isfinite(float(window_s[1])):
+            n = min(n, math.floor(float(window_s[1]) * fps + 1e-6) + 1)
     indices = first + video_frame_indices(n - first, fps, num_frames, sample_fps)
     if max_frames > 0 and len(indices) > max_frames:
         indices = indices[view_order(len(indices), max_frames, "subsample")[:max_frames]]

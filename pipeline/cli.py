@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (P + "service.cli", "serve indexes and reconstructions over HTTP: API, search page, 3D viewer"),
     "train": (P + "training.cli", "fine-tune TempMe's adapter on video-caption pairs (Ray Train, resumable)"),
     "eval-retrieval": (P + "training.eval_cli", "text-video retrieval metrics (R@K, MdR, MnR) of an encoder"),
-    "reconstruct": (P + "reconstruction.cli", "reconstruct cameras and point clouds from image folders"),
+    "reconstruct": (P + "service.from_index",
+                    "cameras and point clouds from image folders, videos or an index"),
     "config": (P + "config_cli", "print a job's resolved configuration (defaults + overrides)"),
 }
 

@@ -79,15 +79,17 @@ def finish_reconstruction(layout: ReconLayout, manifest: dict, cfg: ReconConfig)
 
 
 def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                    address: str | None = None, *, config: ReconConfig | None = None) -> ReconSummary:
-    """Reconstruct every scene of ``inputs`` into ``out`` (created, or resumed). See the module docstring."""
+                    address: str | None = None, *, config: ReconConfig | None = None,
+                    scenes: list[dict] | None = None) -> ReconSummary:
+    """Reconstruct every scene of ``inputs`` (or the scene specs ``scenes``, as ``discover_scenes``
+    makes them) into ``out`` (created, or resumed). See the module docstring."""
     started, started_at = time.perf_counter(), time.time()
     marks = {"driver_process_at": process_started_at()}
     cfg = config if config is not None else load_config(ReconConfig, "reconstruct", list(overrides))
     validate(cfg)
-    if not inputs:
+    if not inputs and scenes is None:
         raise InputError("no inputs given: pass a scenes folder, a video or a .csv/.parquet scene list")
-    specs, discover_errors = discover_scenes(list(inputs), cfg)
+    specs, discover_errors = (scenes, []) if scenes is not None else discover_scenes(list(inputs), cfg)
     marks["discovered_at"] = time.time()
     weights_id = resolve_weights_id(cfg.model)  # fails early on missing weights
     layout = ReconLayout(out)
