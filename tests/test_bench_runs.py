@@ -44,3 +44,21 @@ def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     for r in served:
         assert {"p50_ms", "p99_ms", "qps"} <= set(r) and r["qps"] > 0
     assert "random weights" in result.stdout
+
+
+def test_bench_viewer_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "viewer.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tomeray.jobs.bench_viewer", "--points", "2000,5000", "--repeats", "1",
+         "--hit-views", "2", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    points = [r for r in rows if r["stage"] == "points"]
+    assert [r["points"] for r in points] == [2000, 5000]
+    for r in points:
+        assert r["served_points"] == r["points"] and r["bytes"] == 20 * r["points"]
+        assert {"server_ms", "inprocess_ms", "http_ratio", "rss_growth_mb", "browser_ms"} <= set(r)
+        assert r["server_ms"] > 0 and r["browser_ms"] > 0
+    assert [r["stage"] for r in rows if r["stage"].startswith("hit")] == ["hit-cold", "hit-warm"]
+    assert "random-init vggt-tiny" in result.stdout
