@@ -7,7 +7,6 @@ X-Points-Count, and the confidence slider filters points on the client."""
 from __future__ import annotations
 
 import io
-import shutil
 from urllib.parse import quote
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 from serving import TOKEN
-from test_serve_browser import CHROMIUM_FLAGS, js, wait
+from test_serve_browser import CHROMIUM_FLAGS, js, start_chromium, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -29,19 +28,7 @@ WEBGL_FLAGS = [f for f in CHROMIUM_FLAGS if f != "--disable-gpu"] + ["--use-angl
 
 @pytest.fixture
 def webgl_browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("the browser tests need Debian's chromium and chromium-driver: run .ci/install.sh "
-                    "(or apt-get install -y chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*WEBGL_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    session = webdriver.Chrome(service=Service(driver), options=options)
-    session.set_page_load_timeout(60)
+    session = start_chromium(tmp_path, WEBGL_FLAGS)
     yield session
     session.quit()
 

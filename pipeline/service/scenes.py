@@ -166,14 +166,14 @@ class SceneStore:
             raise SceneNotFound(f"scene {name[:80]!r} has no thumbnail of view {frame_idx}")
         return data
 
-    def points(self, name: str, want: int, seed: int = 0) -> tuple[bytes, int, int]:
+    def points(self, name: str, want: int, seed: int = 0) -> tuple[memoryview, int, int]:
         """``(records, count, total)``: a seeded subsample of at most ``want`` of the scene's ``total``
-        points as ``POINT_RECORD`` bytes."""
+        points as ``POINT_RECORD`` bytes (a view of one array, sent without another copy)."""
         scene = self.find(name)
         path = scene.layout.points_part(scene.name)
         if not path.is_file():
             raise SceneNotFound(f"scene {name[:80]!r} has no points file")
-        with pq.ParquetFile(path) as parquet:
+        with pq.ParquetFile(path, memory_map=True) as parquet:
             groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
             keep = sample_counts(groups, want, seed)
             out = np.empty(sum(len(k) for k in keep), POINT_RECORD)
@@ -188,7 +188,7 @@ class SceneStore:
                     part[column] = values if len(rows) == len(values) else values[rows]
                 at += len(rows)
         out["pad"] = 0
-        return out.tobytes(), len(out), sum(groups)
+        return memoryview(out).cast("B"), len(out), sum(groups)
 
 
 def _first_view(layout: ReconLayout, scene: str) -> int | None:
