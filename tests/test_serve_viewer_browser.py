@@ -103,3 +103,41 @@ def test_browser_viewer_draws_the_points_and_filters_by_confidence(webgl_browser
     loads = js(browser, "return performance.getEntriesByType('resource')"
                         ".filter(e => e.name.includes('/points')).length")
     assert loads == 1
+
+
+@pytest.fixture(scope="module")
+def hit_viewer_server(served_index, tmp_path_factory):
+    from tomeray.jobs.bench_serve import Server
+
+    out = tmp_path_factory.mktemp("browser-hits") / "recon"
+    options = ["--port", "0", "--token", TOKEN, "server.torch_threads=1", "inference.device=cpu",
+               f"recon.out={out}", "recon.model.arch=vggt-tiny", "recon.model.pretrained=none",
+               "recon.views=3"]
+    with Server([str(served_index), *options], timeout=300) as process:
+        yield process
+
+
+def test_browser_viewer_opens_a_search_hit_in_3d(webgl_browser, hit_viewer_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser = webgl_browser
+    browser.get(hit_viewer_server.url + "/")
+    wait(browser, lambda d: js(d, "return document.getElementById('token-dialog').open"),
+         message="no token prompt")
+    browser.find_element(By.ID, "token").send_keys(TOKEN + Keys.ENTER)
+    wait(browser, lambda d: js(d, "return document.body.dataset.ready === '1'"), message="page not ready")
+    assert browser.find_element(By.ID, "scenes-tab").is_displayed()
+    browser.find_element(By.ID, "q").send_keys("people walking" + Keys.ENTER)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card .in-3d"), message="no 3D action")
+    card = browser.find_elements(By.CSS_SELECTOR, "#results .card")[0]
+    video_id = card.get_attribute("data-video-id")
+    card.find_element(By.CSS_SELECTOR, ".in-3d").click()
+
+    wait(browser, lambda d: "/scenes/" in d.current_url, seconds=280, message="the viewer did not open")
+    wait(browser, lambda d: js(d, "return document.body.dataset.points === 'loaded'"),
+         message="points not loaded")
+    assert f"/scenes/{video_id}_" in browser.current_url
+    browser.save_screenshot(str(tmp_path / "hit-viewer.png"))
+    assert shown(browser) > 0 and canvas_pixels(browser) > 0
+    assert "RANDOM" in browser.find_element(By.ID, "weights-banner").text
