@@ -8,11 +8,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from tomeray.models.errors import ConfigError, InputError
+from tomeray.models.errors import InputError
 from tomeray.pipeline.core.config import load_config, split_overrides
 from tomeray.pipeline.core.runner import command_parser, run_command, weights_line
 from tomeray.pipeline.service.config import ScenesConfig, split_scene_overrides, validate_scenes
 from tomeray.pipeline.service.scenes import SceneStore, output_kind
+from tomeray.pipeline.video.serve import cli as video_serve_cli
 from tomeray.pipeline.video.serve.cli import TOKEN_ENV, _bind, _url, check_bind, resolve_token
 from tomeray.pipeline.video.serve.config import ServeConfig
 
@@ -105,7 +106,8 @@ def serve_uvicorn(index_dirs: list[str], recon_dirs: list[str], cfg: ServeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_intermixed_args(argv)
     dirs, overrides = split_overrides(args.items)
 
     def body() -> int:
@@ -116,26 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         index_dirs = [d for d in dirs if kinds[d] == "index"]
         recon_dirs = [d for d in dirs if kinds[d] == "reconstruction"]
         scene_overrides, search_overrides = split_scene_overrides(overrides)
+        if args.ray:
+            if recon_dirs or scene_overrides:
+                raise InputError("--ray serves video indexes only; serve reconstruction outputs (and 3D "
+                                 "from search hits) with uvicorn (without --ray)")
+            return video_serve_cli.main(argv)  # the search service on Ray Serve
+        if args.replicas is not None or args.address:
+            raise InputError("--replicas and --address need --ray")
         cfg = load_config(ServeConfig, "serve", search_overrides)
         scenes = load_config(ScenesConfig, "scenes", scene_overrides)
         validate_scenes(scenes)
         token = resolve_token(args.token)
         check_bind(args.host, token)
-        if args.replicas is not None:
-            if not args.ray:
-                raise InputError("--replicas needs --ray")
-            cfg.ray.replicas = args.replicas
-        if cfg.ray.replicas < 1:
-            raise ConfigError(f"ray.replicas must be at least 1, got {cfg.ray.replicas}")
-        if args.ray:
-            if recon_dirs or scene_overrides:
-                raise InputError("--ray serves video indexes only; serve reconstruction outputs (and 3D "
-                                 "from search hits) with uvicorn (without --ray)")
-            from tomeray.pipeline.video.serve.ray_app import serve_ray
-
-            return serve_ray(index_dirs, cfg, args.host, args.port, token, args.address)
-        if args.address:
-            raise InputError("--address needs --ray")
         return serve_uvicorn(index_dirs, recon_dirs, cfg, scenes, args.host, args.port, token)
 
     return run_command("tomeray serve", body, "stopped")

@@ -50,7 +50,7 @@ def index_scenes(index_dir: str | Path, filters: SearchFilters) -> list[dict]:
 
     layout = IndexLayout(index_dir)
     manifest = layout.read_manifest()
-    table = layout.read_embeddings(["path", "start_s", "end_s", "duration_s"])
+    table = layout.read_embeddings(["video_id", "path", "start_s", "end_s", "duration_s"])
     if filters:
         root = (manifest.get("ids") or {}).get("root")
         keep = np.isin(table["video_id"].to_numpy(), matching_ids(MetadataTable.open(layout), filters, root))
