@@ -29,6 +29,7 @@ from tomeray.pipeline.core.timing import RunFigures, run_costs, startup_timeline
 from tomeray.pipeline.reconstruction.config import ReconConfig, pinned_settings, resolve_weights_id, validate
 from tomeray.pipeline.reconstruction.discover import discover_scenes
 from tomeray.pipeline.reconstruction.exports import write_exports
+from tomeray.pipeline.reconstruction.intrinsics import load_intrinsics
 from tomeray.pipeline.reconstruction.layout import ReconLayout
 from tomeray.pipeline.reconstruction.writer import SceneWriter
 
@@ -85,14 +86,19 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
     marks = {"driver_process_at": process_started_at()}
     cfg = config if config is not None else load_config(ReconConfig, "reconstruct", list(overrides))
     validate(cfg)
+    known = load_intrinsics(cfg.cameras.intrinsics) if cfg.cameras.intrinsics else None
     if not inputs:
         raise InputError("no inputs given: pass a scenes folder, a video or a .csv/.parquet scene list")
     specs, discover_errors = discover_scenes(list(inputs), cfg)
     marks["discovered_at"] = time.time()
+    if known is not None:
+        known.check_scenes(specs)  # every image has its matrix, before any work
     weights_id = resolve_weights_id(cfg.model)  # fails early on missing weights
     layout = ReconLayout(out)
-    manifest = layout.open({"settings": pinned_settings(cfg, weights_id), "weights_id": weights_id,
-                            "complete": False})
+    settings = pinned_settings(cfg, weights_id)
+    settings["cameras"] = {"intrinsics_sha256": known.sha256 if known else None}
+    manifest = layout.open({"settings": settings, "weights_id": weights_id, "complete": False,
+                            "intrinsics": known.manifest() if known else "predicted"})
     save_config(cfg, layout.config_path)
     if weights_id.startswith("random-init"):
         log.warning("VGGT weights are RANDOM (%s): cameras and points are for smoke tests only", weights_id)
@@ -118,7 +124,7 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
         cores = float(cluster_resources().get("CPU", 0.0))
         pipeline_start = time.perf_counter()
         marks["graph_started_at"], driver_cpu_s = time.time(), time.process_time()
-        ds, plan = build_dataset(todo, cfg)
+        ds, plan = build_dataset(todo, cfg, known.actor_spec() if known else None)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch)
         pipeline_s = time.perf_counter() - pipeline_start
