@@ -163,7 +163,7 @@ class BundleResult:
 
 
 def bundle_adjust(extrinsics: np.ndarray, intrinsics: np.ndarray, widths, heights, tracks: Tracks,
-                  refine_intrinsics: bool = False, loss: str = "cauchy", loss_scale_px: float = 2.0,
+                  refine_intrinsics: bool = False, loss: str = "huber", loss_scale_px: float = 4.0,
                   max_iterations: int = 100, threads: int = 1, outlier_px: float = 16.0) -> BundleResult:
     """Triangulate ``tracks`` through the cameras and refine them in one global bundle adjustment.
     The record holds tracks, observations, mean reprojection error (px) before and after,
