@@ -114,7 +114,8 @@ def chunk_outputs(scene: Corridor, chunks: list[np.ndarray], seed: int = 0, outl
             R = dR @ E[a, :, :3]
             E[a] = np.concatenate([R, (-R @ C)[:, None]], 1)
             # the view's points follow its (possibly wrong) pose: camera coordinates stay right
-            cam = np.einsum("ij,hwj->hwi", scene.extrinsic[chunk[a], :, :3], pts[a]) + scene.extrinsic[chunk[a], :, 3]
+            true = scene.extrinsic[chunk[a]]
+            cam = np.einsum("ij,hwj->hwi", true[:, :3], pts[a]) + true[:, 3]
             pts[a] = np.einsum("ji,hwj->hwi", R, cam - E[a, :, 3])
         depth = scene.depth[chunk] * (1 + point_noise * rng.normal(size=scene.depth[chunk].shape))
         pts = pts + point_noise * scene.depth[chunk][..., None] * rng.normal(size=pts.shape)
@@ -157,7 +158,8 @@ def bundle_scene(views: int = 12, points: int = 400, noise_px: float = 1.0, seed
     cam = np.einsum("vij,tj->vti", E[:, :, :3], X) + E[:, None, :, 3]
     uv = cam @ K.T
     uv = uv[..., :2] / uv[..., 2:]
-    inside = (cam[..., 2] > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
+    inside = (cam[..., 2] > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < width)
+    inside &= (uv[..., 1] >= 0) & (uv[..., 1] < height)
     view, track = np.nonzero(inside)
     noise = rng.normal(size=(len(view), 2)) * noise_px
     return BundleScene(E, np.repeat(K[None], views, 0), X, view, track, uv[view, track] + noise,

@@ -76,7 +76,8 @@ def chessboard(opencv_data):
         gray = cv2.imread(str(opencv_data / f"left{i:02d}.jpg"), cv2.IMREAD_GRAYSCALE)
         found, c = cv2.findChessboardCorners(gray, (9, 6))
         assert found, i
-        c = cv2.cornerSubPix(gray, c, (11, 11), (-1, -1), (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3))
+        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3)
+        c = cv2.cornerSubPix(gray, c, (11, 11), (-1, -1), criteria)
         undistorted = cv2.undistortPoints(c, K, dist, P=K).reshape(-1, 2)
         ok, rvec, tvec = cv2.solvePnP(board, undistorted, K, None)
         poses.append(np.hstack([cv2.Rodrigues(rvec)[0], tvec]))
