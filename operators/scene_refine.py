@@ -12,6 +12,7 @@ fit; otherwise the scene keeps its unrefined cameras and the record says why.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -75,6 +76,7 @@ def refine_cameras(images: np.ndarray, content: np.ndarray, extrinsic: np.ndarra
     the inputs unchanged (record ``applied: false`` with a ``reason``) when refinement fails or
     does not improve the reprojection error."""
     record: dict = {"tracks_from": options.get("tracks", "features"), "applied": False}
+    started = time.perf_counter()
     try:
         if record["tracks_from"] == "vggt":
             tracks, counts = vggt_tracks(model, images, chunks, device, precision,
@@ -84,6 +86,7 @@ def refine_cameras(images: np.ndarray, content: np.ndarray, extrinsic: np.ndarra
                                             max_features=int(options.get("max_features", 2048)),
                                             window=int(options.get("match_window", 0)))
         record["matching"] = counts
+        record["tracks_seconds"] = round(time.perf_counter() - started, 3)
         xy = to_original_pixels(tracks.xy, tracks.view, scale_xy, offset_xy)
         tracks = Tracks(tracks.view, tracks.track, xy)
         free_intrinsics = bool(options.get("refine_intrinsics")) and not fixed_intrinsics

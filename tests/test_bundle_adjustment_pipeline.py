@@ -50,13 +50,15 @@ def test_bundle_adjustment_pipeline_chunks_known_intrinsics_colmap_binary(chess_
     root = chess_scenes
     intrinsics = root / "left_intrinsics.yml"
     out = root / "R"
-    summary = run_reconstruct([str(root / "scenes")], out, [*FAST, *MUST_SHOW, f"cameras.intrinsics={intrinsics}"])
+    given = f"cameras.intrinsics={intrinsics}"
+    summary = run_reconstruct([str(root / "scenes")], out, [*FAST, *MUST_SHOW, given])
     assert summary.exit_code == 0 and summary.reconstructed == 1
     record = json.loads((out / "scenes" / "scene=chess.json").read_text())
     assert record["views"] == 13 and record["chunks"] == 3 and record["intrinsics"] == "given"
     # per-chunk fit residuals of the two later chunks, each aligned on its 4 shared views
     assert [r["shared_views"] for r in record["alignment"]] == [4, 4]
-    assert all(r["pairs"] > 100 and 0 < r["inlier_ratio"] <= 1 and r["scale"] > 0 for r in record["alignment"])
+    for fit in record["alignment"]:
+        assert fit["pairs"] > 100 and 0 < fit["inlier_ratio"] <= 1 and fit["scale"] > 0
     refine = record["refine"]
     assert refine["tracks_from"] == "features" and refine["intrinsics"] == "fixed"
     for key in ("tracks", "observations", "reproj_px_before", "reproj_px_after", "iterations", "seconds"):
@@ -64,7 +66,8 @@ def test_bundle_adjustment_pipeline_chunks_known_intrinsics_colmap_binary(chess_
     assert refine["applied"] or refine["reason"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["intrinsics"]["format"] == "opencv" and manifest["intrinsics"]["file"] == str(intrinsics)
-    assert manifest["settings"]["refine"]["ba"] is True and manifest["settings"]["views"]["policy"] == "chunks"
+    assert manifest["settings"]["refine"]["ba"] is True
+    assert manifest["settings"]["views"]["policy"] == "chunks"
 
     # exports carry exactly the given intrinsics, at the original 640x480
     K = opencv_K(intrinsics)
@@ -94,7 +97,7 @@ def test_bundle_adjustment_pipeline_chunks_known_intrinsics_colmap_binary(chess_
     # the same run without refinement: refinement never corrupts what it was given
     plain = root / "plain"
     assert run_reconstruct([str(root / "scenes")], plain,
-                           [*FAST, *MUST_SHOW[:-2], f"cameras.intrinsics={intrinsics}"]).exit_code == 0
+                           [*FAST, *MUST_SHOW[:-2], given]).exit_code == 0
     unrefined, _ = load_scene(plain, "chess")
     assert np.array_equal(unrefined.intrinsic, cams.intrinsic)
     if not refine["applied"]:
@@ -148,9 +151,11 @@ def test_bundle_adjustment_known_intrinsics_formats(tmp_path, opencv_data):
     ("shape.yml", "%YAML:1.0\n---\ncamera_matrix: !!opencv-matrix\n   rows: 2\n   cols: 3\n   dt: d\n"
                   "   data: [ 500., 0., 320., 0., 500., 240. ]\n", "camera_matrix must be a 3x3"),
     ("negative.yml", "%YAML:1.0\n---\nM1: !!opencv-matrix\n   rows: 3\n   cols: 3\n   dt: d\n"
-                     "   data: [ -500., 0., 320., 0., 500., 240., 0., 0., 1. ]\n", "M1 has a non-positive focal"),
+                     "   data: [ -500., 0., 320., 0., 500., 240., 0., 0., 1. ]\n",
+     "M1 has a non-positive focal"),
     ("columns.csv", "image_path,fx,fy,cx\nx.jpg,1,1,1\n", "key cy is missing"),
-    ("unlisted.csv", "image_path,fx,fy,cx,cy\nscenes/chess/left01.jpg,500,500,320,240\n", "key image_path has no row"),
+    ("unlisted.csv", "image_path,fx,fy,cx,cy\nscenes/chess/left01.jpg,500,500,320,240\n",
+     "key image_path has no row"),
 ])
 def test_bundle_adjustment_bad_intrinsics_file_stops_before_any_work(chess_scenes, tmp_path, capsys, name,
                                                                      content, key):
