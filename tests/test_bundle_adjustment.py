@@ -121,3 +121,29 @@ def test_bundle_adjustment_failure_keeps_the_unrefined_cameras():
                                     np.full((3, 2), 64), {"tracks": "features"}, fixed_intrinsics=True)
     assert E2 is E and K2 is K
     assert record["applied"] is False and "too few tracks" in record["reason"]
+
+
+def test_bundle_adjustment_vggt_track_head_gives_tracks(opencv_data):
+    import dataclasses
+
+    import torch
+    from tomeray.models.vggt import MergeConfig
+    from tomeray.models.vggt.model import VGGT
+    from tomeray.models.vggt.registry import get_arch
+    from tomeray.models.vggt.weights import init_random
+    from tomeray.operators.scene_refine import vggt_tracks
+
+    torch.manual_seed(0)
+    model = VGGT(dataclasses.replace(get_arch("vggt-tiny"), track_head=True), MergeConfig(enabled=False))
+    init_random(model)
+    images = np.stack([cv2.resize(cv2.imread(str(opencv_data / f"left{i:02d}.jpg")), (140, 140))[:, :, ::-1]
+                       for i in (1, 2, 3, 4, 5)])
+    chunks = [np.arange(0, 3), np.arange(2, 5)]
+    tracks, counts = vggt_tracks(model.eval(), images, chunks, torch.device("cpu"), "fp32", max_points=20,
+                                 min_score=0.0)
+    assert counts["tracks"] == tracks.count > 0 and counts["observations"] == len(tracks.view)
+    # each track lives in one model call: its views are that chunk's, its first view the query view
+    for t in range(tracks.count):
+        views = set(tracks.view[tracks.track == t].tolist())
+        assert views in ({0, 1, 2}, {2, 3, 4})
+    assert np.isfinite(tracks.xy).all()
