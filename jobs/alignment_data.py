@@ -15,11 +15,14 @@ to ``split``'s anchor view in chunks far from it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from tomeray.models.pose import Sim3, camera_centers
+from tomeray.models.pose import Sim3, camera_centers, rotation_angle_deg
+from tomeray.pipeline.reconstruction.evaluation import pose_metrics
 
-__all__ = ["BundleScene", "Corridor", "bundle_scene", "chunk_outputs", "corridor", "random_rotation"]
+__all__ = ["CHESS_VIEWS", "BundleScene", "Corridor", "bundle_scene", "chessboard_reference", "chunk_outputs",
+           "corridor", "perturb", "pose_errors", "random_rotation"]
 
 WALL_Z, FLOOR_Y = 2.0, 1.0
 
@@ -127,6 +130,53 @@ def chunk_outputs(scene: Corridor, chunks: list[np.ndarray], seed: int = 0, outl
                         "points": frame.apply(pts.reshape(-1, 3)).reshape(pts.shape).astype(np.float32),
                         "conf": rng.uniform(1, 3, size=depth.shape).astype(np.float32)})
     return outputs
+
+
+def perturb(E: np.ndarray, degrees: float, shift: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = E.copy()
+    for v in range(len(E)):
+        direction = rng.normal(size=3)
+        out[v, :, :3] = random_rotation(rng, degrees) @ E[v, :, :3]
+        out[v, :, 3] = E[v, :, 3] + shift * direction / np.linalg.norm(direction)
+    return out
+
+
+def pose_errors(E: np.ndarray, ref: np.ndarray, sim: Sim3 | None = None) -> tuple[float, float]:
+    """Largest camera-centre distance and rotation angle after the gauge similarity."""
+    sim = sim or pose_metrics(E, ref)[1]
+    aligned = sim.apply_to_extrinsics(E)
+    dist = np.linalg.norm(camera_centers(aligned) - camera_centers(ref), axis=1)
+    rot = rotation_angle_deg(aligned[:, :, :3] @ np.swapaxes(ref[:, :, :3], 1, 2))
+    return float(dist.max()), float(rot.max())
+
+
+CHESS_VIEWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14)  # opencv-doc left01..14.jpg (no 10)
+
+
+def chessboard_reference(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The opencv-doc chessboard views as a real reference: the calibrated matrix K of
+    ``left_intrinsics.yml``, each view's pose (V, 3, 4) in mm from PnP on the known board (9x6
+    corners, 25 mm squares) and the sub-pixel corners (V, 54, 2), undistorted with the file's
+    coefficients so that the pinhole K alone describes them."""
+    import cv2
+
+    fs = cv2.FileStorage(str(Path(data) / "left_intrinsics.yml"), cv2.FILE_STORAGE_READ)
+    K, dist = fs.getNode("camera_matrix").mat(), fs.getNode("distortion_coefficients").mat()
+    board = np.zeros((54, 3))
+    board[:, :2] = np.mgrid[0:9, 0:6].T.reshape(-1, 2) * 25.0
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3)
+    poses, corners = [], []
+    for i in CHESS_VIEWS:
+        gray = cv2.imread(str(Path(data) / f"left{i:02d}.jpg"), cv2.IMREAD_GRAYSCALE)
+        found, c = cv2.findChessboardCorners(gray, (9, 6))
+        if not found:
+            raise RuntimeError(f"no chessboard found in left{i:02d}.jpg")
+        c = cv2.undistortPoints(cv2.cornerSubPix(gray, c, (11, 11), (-1, -1), criteria), K, dist, P=K)
+        _, rvec, tvec = cv2.solvePnP(board, c.reshape(-1, 2), K, None)
+        poses.append(np.hstack([cv2.Rodrigues(rvec)[0], tvec]))
+        corners.append(c.reshape(-1, 2))
+    return K, np.array(poses), np.array(corners)
 
 
 @dataclass

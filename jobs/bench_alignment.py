@@ -29,15 +29,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tomeray.jobs.alignment_data import bundle_scene, chunk_outputs, corridor, random_rotation
+from tomeray.jobs.alignment_data import (
+    bundle_scene,
+    chessboard_reference,
+    chunk_outputs,
+    corridor,
+    perturb,
+    pose_errors,
+)
 from tomeray.models.bundle_adjustment import Tracks, bundle_adjust, reprojection_errors
 from tomeray.models.chunks import align_chunks, overlapping_chunks
-from tomeray.models.pose import Sim3, camera_centers, rotation_angle_deg, umeyama
+from tomeray.models.pose import umeyama
 from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.reconstruction.evaluation import pose_metrics
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-CHESS_VIEWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14)
 
 
 def alignment_rows(views: int, chunk: int, overlap: int, seed: int = 0) -> list[dict]:
@@ -62,25 +68,6 @@ def alignment_rows(views: int, chunk: int, overlap: int, seed: int = 0) -> list[
                      "seconds": round(seconds, 4)})
     rows[1]["ate_vs_split"] = rows[1]["ate_rel"] / rows[0]["ate_rel"]
     return rows
-
-
-def perturb(E: np.ndarray, degrees: float, shift: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    out = E.copy()
-    for v in range(len(E)):
-        direction = rng.normal(size=3)
-        out[v, :, :3] = random_rotation(rng, degrees) @ E[v, :, :3]
-        out[v, :, 3] = E[v, :, 3] + shift * direction / np.linalg.norm(direction)
-    return out
-
-
-def pose_errors(E: np.ndarray, ref: np.ndarray, sim: Sim3 | None = None) -> tuple[float, float]:
-    """Largest camera-centre distance and rotation angle after the gauge similarity."""
-    sim = sim or pose_metrics(E, ref)[1]
-    aligned = sim.apply_to_extrinsics(E)
-    dist = np.linalg.norm(camera_centers(aligned) - camera_centers(ref), axis=1)
-    rot = rotation_angle_deg(aligned[:, :, :3] @ np.swapaxes(ref[:, :, :3], 1, 2))
-    return float(dist.max()), float(rot.max())
 
 
 def refine_pair(stage: str, start: np.ndarray, ref: np.ndarray, K: np.ndarray, tracks: Tracks, width: int,
@@ -116,25 +103,9 @@ def synthetic_refine_rows(views: int, points: int) -> list[dict]:
 
 
 def chessboard_rows(data: Path) -> list[dict]:
-    import cv2
-
-    fs = cv2.FileStorage(str(data / "left_intrinsics.yml"), cv2.FILE_STORAGE_READ)
-    K, dist = fs.getNode("camera_matrix").mat(), fs.getNode("distortion_coefficients").mat()
-    board = np.zeros((54, 3))
-    board[:, :2] = np.mgrid[0:9, 0:6].T.reshape(-1, 2) * 25.0  # mm
-    poses, corners = [], []
-    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3)
-    for i in CHESS_VIEWS:
-        gray = cv2.imread(str(data / f"left{i:02d}.jpg"), cv2.IMREAD_GRAYSCALE)
-        found, c = cv2.findChessboardCorners(gray, (9, 6))
-        if not found:
-            continue
-        c = cv2.undistortPoints(cv2.cornerSubPix(gray, c, (11, 11), (-1, -1), criteria), K, dist, P=K)
-        _, rvec, tvec = cv2.solvePnP(board, c.reshape(-1, 2), K, None)
-        poses.append(np.hstack([cv2.Rodrigues(rvec)[0], tvec]))
-        corners.append(c.reshape(-1, 2))
-    ref, V = np.array(poses), len(poses)
-    tracks = Tracks(np.repeat(np.arange(V), 54), np.tile(np.arange(54), V), np.concatenate(corners))
+    K, ref, corners = chessboard_reference(data)
+    V = len(ref)
+    tracks = Tracks(np.repeat(np.arange(V), 54), np.tile(np.arange(54), V), corners.reshape(-1, 2))
     return refine_pair("chessboard", perturb(ref, 5.0, 20.0, seed=0), ref, np.repeat(K[None], V, 0), tracks,
                        640, 480, 1.0)
 

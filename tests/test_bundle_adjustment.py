@@ -7,34 +7,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from tomeray.jobs.alignment_data import bundle_scene, random_rotation
+from tomeray.jobs.alignment_data import bundle_scene, chessboard_reference, perturb, pose_errors
 from tomeray.models.bundle_adjustment import Tracks, bundle_adjust, reprojection_errors, triangulate
-from tomeray.models.pose import camera_centers, rotation_angle_deg, umeyama
+from tomeray.models.pose import umeyama
 from tomeray.models.tracks import feature_tracks, match_pairs
 from tomeray.operators.scene_refine import refine_cameras
-from tomeray.pipeline.reconstruction.evaluation import pose_metrics
-
-CHESS_VIEWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14]
-
-
-def perturb(E: np.ndarray, degrees: float, shift: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    out = E.copy()
-    for v in range(len(E)):
-        direction = rng.normal(size=3)
-        out[v, :, :3] = random_rotation(rng, degrees) @ E[v, :, :3]
-        out[v, :, 3] = E[v, :, 3] + shift * direction / np.linalg.norm(direction)
-    return out
-
-
-def pose_errors(E: np.ndarray, ref: np.ndarray, sim=None) -> tuple[float, float]:
-    """Largest camera-centre distance and rotation angle after the best similarity (the gauge:
-    ``sim``, else fitted to the camera centres)."""
-    sim = sim or pose_metrics(E, ref)[1]
-    aligned = sim.apply_to_extrinsics(E)
-    dist = np.linalg.norm(camera_centers(aligned) - camera_centers(ref), axis=1)
-    rot = rotation_angle_deg(aligned[:, :, :3] @ np.swapaxes(ref[:, :, :3], 1, 2))
-    return float(dist.max()), float(rot.max())
 
 
 def test_bundle_adjustment_synthetic_reaches_the_noise_floor():
@@ -66,23 +43,8 @@ def test_bundle_adjustment_triangulates_through_the_cameras():
 
 @pytest.fixture(scope="module")
 def chessboard(opencv_data):
-    """Undistorted corners of every view and the PnP poses (mm) from the known board."""
-    fs = cv2.FileStorage(str(opencv_data / "left_intrinsics.yml"), cv2.FILE_STORAGE_READ)
-    K, dist = fs.getNode("camera_matrix").mat(), fs.getNode("distortion_coefficients").mat()
-    board = np.zeros((54, 3))
-    board[:, :2] = np.mgrid[0:9, 0:6].T.reshape(-1, 2) * 25.0
-    poses, corners = [], []
-    for i in CHESS_VIEWS:
-        gray = cv2.imread(str(opencv_data / f"left{i:02d}.jpg"), cv2.IMREAD_GRAYSCALE)
-        found, c = cv2.findChessboardCorners(gray, (9, 6))
-        assert found, i
-        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3)
-        c = cv2.cornerSubPix(gray, c, (11, 11), (-1, -1), criteria)
-        undistorted = cv2.undistortPoints(c, K, dist, P=K).reshape(-1, 2)
-        ok, rvec, tvec = cv2.solvePnP(board, undistorted, K, None)
-        poses.append(np.hstack([cv2.Rodrigues(rvec)[0], tvec]))
-        corners.append(undistorted)
-    return K, np.array(poses), np.array(corners)
+    """K, the PnP poses (mm) from the known board and the undistorted corners of every view."""
+    return chessboard_reference(opencv_data)
 
 
 def test_bundle_adjustment_chessboard_recovers_the_pnp_reference(chessboard):

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from tomeray.jobs.alignment_data import CHESS_VIEWS
 from tomeray.models.pose import rotation_to_quaternion
 from tomeray.pipeline.reconstruction.cli import main
 from tomeray.pipeline.reconstruction.colmap_binary import write_colmap_binary
@@ -22,7 +23,6 @@ from tomeray.pipeline.reconstruction.intrinsics import load_intrinsics
 from tomeray.pipeline.reconstruction.job import run_reconstruct
 from tomeray.pipeline.reconstruction.results import SceneCameras, load_scene
 
-CHESS_VIEWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14]
 FAST = ["model.arch=vggt-tiny", "model.pretrained=none", "ray.progress=false", "points.max_points=20000",
         "export.colmap_max_points=2000"]
 MUST_SHOW = ["views.max_views=8", "views.policy=chunks", "views.chunk=8", "views.overlap=4", "refine.ba=true",
