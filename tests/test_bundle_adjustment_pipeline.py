@@ -168,3 +168,17 @@ def test_bundle_adjustment_bad_intrinsics_file_stops_before_any_work(chess_scene
     err = capsys.readouterr().err
     assert code == 2 and str(bad) in err and key in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["refine.ba=true", "refine.tracks=vggt"], "refine.tracks=vggt needs a model with a track head"),
+    (["refine.refine_intrinsics=true", "cameras.intrinsics=k.yml"], "contradicts cameras.intrinsics"),
+    (["views.chunk=8", "views.overlap=8"], "views.overlap must be in [1, views.chunk - 1]"),
+    (["export.camera_model=OPENCV"], "export.camera_model must be PINHOLE or SIMPLE_PINHOLE"),
+])
+def test_bundle_adjustment_settings_checked_before_any_work(chess_scenes, tmp_path, capsys, overrides,
+                                                           message):
+    out = tmp_path / "out"
+    assert main([str(chess_scenes / "scenes"), "--out", str(out), *FAST, *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

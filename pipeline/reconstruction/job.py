@@ -9,7 +9,9 @@ record is written (after all its files), so a crash loses at most the scenes in 
 into the same ``--out`` does only the others; scenes that failed are retried. The settings that
 shape results (model and weights, preprocessing, views, point filtering) are pinned in the
 manifest; a rerun with different ones is refused. Exports are derived from the stored tables, so
-switching ``export.ply`` / ``export.colmap`` on for a rerun adds them to the finished scenes too.
+switching ``export.ply`` / ``export.colmap`` / ``export.colmap_binary`` on for a rerun adds them
+to the finished scenes too. Known intrinsics (``cameras.intrinsics``) are read and checked against
+every scene before any work; their SHA-256 is pinned and the manifest names the file.
 """
 
 from __future__ import annotations
