@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tomeray.models.errors import InputError, one_line
+from tomeray.models.errors import InputError, link_note, one_line
 from tomeray.operators.video_io import FrameReader, container_truncation, load_decord
 from tomeray.operators.worker import cost_columns, measure, node_id
 
@@ -248,7 +248,7 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
 
     def fail(path: str, error: BaseException) -> None:
         errors.append({"path": path, "stage": "load", "error_type": type(error).__name__,
-                       "message": one_line(error)})
+                       "message": one_line(error) + link_note(path)})
 
     if "video" in spec:
         try:
