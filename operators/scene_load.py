@@ -14,7 +14,8 @@ depth and alpha survive) and then:
 
 Views: at most ``max_views`` per scene with ``policy="subsample"`` (evenly spaced over the
 scene's sorted images, first and last included; an image that fails is replaced by an unused
-one), all of them with ``policy="split"`` (the reconstruct stage then runs them in chunks).
+one), all of them with ``policy="chunks"`` or ``"split"`` (the reconstruct stage then runs them in
+chunks).
 
 The output row carries the model-ready views as uint8 (S, H, W, 3): the preprocessing makes
 values k / 255 of 8-bit PIL resizes and white padding, so uint8 transport is lossless and 4x
@@ -32,7 +33,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tomeray.models.errors import InputError, one_line
+from tomeray.models.errors import InputError, link_note, one_line
 from tomeray.operators.video_io import FrameReader, container_truncation, load_decord
 from tomeray.operators.worker import cost_columns, measure, node_id
 
@@ -216,7 +217,7 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
 def view_order(n: int, max_views: int, policy: str = "subsample") -> list[int]:
     """The order in which to try a scene's ``n`` candidate views: with ``subsample`` and more than
     ``max_views`` candidates, ``max_views`` evenly spaced ones first, then the others as spares."""
-    if policy == "split" or max_views <= 0 or n <= max_views:
+    if policy != "subsample" or max_views <= 0 or n <= max_views:
         return list(range(n))
     chosen = np.unique(np.round(np.linspace(0, n - 1, max_views)).astype(int)).tolist()
     taken = set(chosen)
@@ -256,7 +257,7 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
 
     def fail(path: str, error: BaseException) -> None:
         errors.append({"path": path, "stage": "load", "error_type": type(error).__name__,
-                       "message": one_line(error)})
+                       "message": one_line(error) + link_note(path)})
 
     if "video" in spec:
         try:

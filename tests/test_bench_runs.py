@@ -62,3 +62,23 @@ def test_bench_viewer_rows_at_a_tiny_scale(tmp_path):
         assert r["server_ms"] > 0 and r["browser_ms"] > 0
     assert [r["stage"] for r in rows if r["stage"].startswith("hit")] == ["hit-cold", "hit-warm"]
     assert "random-init vggt-tiny" in result.stdout
+
+
+def test_bench_alignment_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "alignment.json"
+    subprocess.run([sys.executable, "-m", "tomeray.jobs.bench_alignment", "--views", "120", "--chunk", "30",
+                    "--overlap", "15", "--ba-views", "6", "--ba-points", "100", "--json", str(out)],
+                   check=True, capture_output=True, text=True, cwd=REPO, timeout=240)
+    rows = json.loads(out.read_text())["rows"]
+    aligned = {r["policy"]: r for r in rows if r["stage"] == "alignment"}
+    assert set(aligned) == {"split", "chunks"}
+    for r in aligned.values():
+        assert r["views"] == 120 and {"ate_rel", "rpe_deg", "seconds"} <= set(r)
+    assert aligned["chunks"]["ate_rel"] <= 0.01 < aligned["split"]["ate_rel"]
+    for stage in ("refine", "chessboard"):
+        refined = {r["refine"]: r for r in rows if r["stage"] == stage}
+        assert set(refined) == {"none", "ba"}
+        assert refined["ba"]["pose_err_mm"] < refined["none"]["pose_err_mm"]
+        assert refined["ba"]["reproj_px_after"] < refined["ba"]["reproj_px_before"]
+    (board,) = [r for r in rows if r["stage"] == "chessboard" and r["refine"] == "ba"]
+    assert board["pose_err_mm"] <= 1.0 and board["pose_err_deg"] <= 0.2

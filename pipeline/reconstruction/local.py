@@ -6,9 +6,10 @@ The output is the same as ``tomeray reconstruct`` writes, and a rerun skips fini
 from __future__ import annotations
 
 import numpy as np
-from tomeray.pipeline.reconstruction.config import ReconConfig, pinned_settings, resolve_weights_id, validate
+from tomeray.models.errors import InputError
+from tomeray.pipeline.reconstruction.config import ReconConfig, resolve_weights_id, validate
 from tomeray.pipeline.reconstruction.graph import reconstructor_kwargs, scene_items, scene_loader
-from tomeray.pipeline.reconstruction.job import finish_reconstruction
+from tomeray.pipeline.reconstruction.job import finish_reconstruction, output_header
 from tomeray.pipeline.reconstruction.layout import ReconLayout
 from tomeray.pipeline.reconstruction.writer import SceneWriter
 
@@ -23,8 +24,9 @@ class LocalReconstructor:
         validate(cfg)
         self.cfg, self.layout = cfg, ReconLayout(out)
         self.weights_id = resolve_weights_id(cfg.model)  # fails early on missing weights
-        self.manifest = self.layout.open({"settings": pinned_settings(cfg, self.weights_id),
-                                          "weights_id": self.weights_id, "complete": False})
+        if cfg.cameras.intrinsics:
+            raise InputError("known intrinsics (cameras.intrinsics) are for 'tomeray reconstruct'")
+        self.manifest = self.layout.open(output_header(cfg, self.weights_id))
         self.loader = scene_loader(cfg)
         self._model = None
 
