@@ -20,13 +20,14 @@ RECON = ["recon.model.arch=vggt-tiny", "recon.model.pretrained=none", "recon.vie
 
 
 @pytest.fixture(scope="module")
-def hit_server(served_index, tmp_path_factory):
+def hit_server(served_index, served_recon, tmp_path_factory):
     from tomeray.jobs.bench_serve import Server
 
     out = tmp_path_factory.mktemp("hits") / "recon"
     options = ["--port", "0", "--token", TOKEN, "server.torch_threads=1", "inference.device=cpu",
                f"recon.out={out}", *RECON]
-    with Server([str(served_index), *options], timeout=300) as process:
+    # an index and a reconstruction output side by side: each one's kind is read from its manifest
+    with Server([str(served_index), str(served_recon), *options], timeout=300) as process:
         process.out = out
         yield process
 
@@ -66,6 +67,7 @@ def test_a_hit_reconstructs_into_a_served_scene_once(hit_server):
     assert done["viewer_url"] == "/scenes/" + requests.utils.quote(done["scene"], safe="")
     scenes = {s["scene"]: s for s in api(hit_server, "GET", "/api/scenes").json()["scenes"]}
     scene = scenes[done["scene"]]
+    assert scenes["chess board"]["output"] == "recon" and scene["output"] == "recon-2"  # both named recon
     assert scene["views"] == 4 and scene["points"] > 0 and scene["random_weights"]
     assert done["scene"].startswith(f"{hit['video_id']}_{hit['start_s']:.2f}-{hit['end_s']:.2f}")
     cams = api(hit_server, "GET", f"/api/scenes/{requests.utils.quote(done['scene'], safe='')}/cameras")

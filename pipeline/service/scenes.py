@@ -98,11 +98,13 @@ class SceneStore:
     """The finished scenes of reconstruction outputs ``dirs``, re-read when an output gains scenes
     (a run of ``tomeray reconstruct``, or a reconstruction the service started)."""
 
-    def __init__(self, dirs: list[str | Path], names: list[str] | None = None):
+    def __init__(self, dirs: list[str | Path]):
         self.layouts = [ReconLayout(d) for d in dirs]
         for layout in self.layouts:
             layout.read_manifest()  # a clear error for a missing or foreign directory
-        self.names = names or [layout.root.resolve().name for layout in self.layouts]
+        self.names: list[str] = []
+        for layout in self.layouts:
+            self.names.append(self._unique_name(layout.root))
         self._lock = threading.Lock()
         self._stamps: tuple = ()
         self._scenes: dict[str, ServedScene] = {}
@@ -114,8 +116,16 @@ class SceneStore:
             if any(layout.root.resolve() == root.resolve() for layout in self.layouts):
                 return
             self.layouts = [*self.layouts, ReconLayout(root)]
-            self.names = [*self.names, root.resolve().name]
+            self.names = [*self.names, self._unique_name(root)]
             self._stamps = ()
+
+    def _unique_name(self, root: Path) -> str:
+        """The folder's name, made unique among the served outputs (``recon``, ``recon-2``, ...)."""
+        base = Path(root).resolve().name or "output"
+        name, n = base, 2
+        while name in self.names:
+            name, n = f"{base}-{n}", n + 1
+        return name
 
     def _stamp(self) -> tuple:
         stamps = []
