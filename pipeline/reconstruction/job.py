@@ -114,7 +114,7 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
              len(specs), len(todo), len(specs) - len(todo), len(discover_errors))
 
     run_id = new_run_id()
-    writer = SceneWriter(layout, cfg, {s["scene"]: s for s in specs})
+    writer = SceneWriter(layout, cfg, {s["scene"]: s for s in specs}, known.actor_spec() if known else None)
     pipeline_s, costs, startup, startup_cpu = 0.0, {}, {}, {}
     if todo:
         from tomeray.pipeline.core.graph import cluster_resources
