@@ -22,6 +22,10 @@ turns a loaded scene (``operators.scene_load``) into cameras and a filtered poin
 * refinement (``refine["ba"]``): bundle adjustment of the cameras (``operators.scene_refine``),
   after which depth is unprojected through the refined cameras.
 
+A long scene can also arrive as one row per model call (``operators.scene_chunks``), so that the
+actor pool runs its chunks in parallel: ``predict_call`` runs one, and ``reconstruct(calls=...)``
+does the rest (alignment, points, refinement) without the model once all of them are back.
+
 Failures of one scene (memory estimate over budget, CUDA out of memory, ...) become an error row
 (stage ``reconstruct``); the actor carries on with the next scene.
 

@@ -1,5 +1,7 @@
 """Bundle adjustment of a reconstructed scene's cameras, run by the reconstruction actor right after
-the model (it has the views and, for VGGT tracks, the model).
+the model (it has the views and, for VGGT tracks, the model); for a scene run as separate model
+calls, where the calls are put together, each call's VGGT tracks taken by the actor that ran it
+(``vggt_call_tracks``, ``merge_vggt_tracks``).
 
 Tracks come from OpenCV SIFT features (``models.tracks``) or from VGGT's track head (query points
 on the first view of every model call, kept where the head calls them visible and confident);

@@ -45,7 +45,8 @@ def loaded_scene(cfg: ReconConfig, scenes) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_overlapping_chunks_run_on_two_actors_and_match_the_sequential_result(twelve_views, ray_local, tmp_path):
+def test_overlapping_chunks_run_on_two_actors_and_match_the_sequential_result(twelve_views, ray_local,
+                                                                               tmp_path):
     out = tmp_path / "R"
     summary = run_reconstruct([str(twelve_views)], out, [*SETTINGS, *POOL])
     assert summary.exit_code == 0 and summary.reconstructed == 1
@@ -106,3 +107,34 @@ def test_overlapping_chunks_a_failed_call_fails_its_scene_with_the_reason(twelve
             for i in range(5)]
     assert str(done[-1]["status"]) == "ok" and done[-1]["extrinsic"].shape == (12, 3, 4)
     assert done[-1]["frame_idx"].tolist() == list(range(12))
+
+
+def test_overlapping_chunks_vggt_tracks_taken_per_call_equal_the_sequential_tracks(opencv_data):
+    """Bundle adjustment with ``refine.tracks=vggt`` on a scene run in calls: each call takes its
+    tracks where it runs (they travel as JSON), and merged they are the sequential path's tracks."""
+    import dataclasses
+
+    import cv2
+    import torch
+    from tomeray.models.vggt import MergeConfig
+    from tomeray.models.vggt.model import VGGT
+    from tomeray.models.vggt.registry import get_arch
+    from tomeray.models.vggt.weights import init_random
+    from tomeray.operators.scene_refine import merge_vggt_tracks, vggt_call_tracks, vggt_tracks
+
+    torch.manual_seed(0)
+    model = VGGT(dataclasses.replace(get_arch("vggt-tiny"), track_head=True), MergeConfig(enabled=False))
+    init_random(model)
+    model.eval()
+    images = np.stack([cv2.resize(cv2.imread(str(opencv_data / f"left{i:02d}.jpg")), (140, 140))[:, :, ::-1]
+                       for i in (1, 2, 3, 4, 5, 6)])
+    chunks = [np.arange(0, 3), np.arange(1, 4), np.arange(2, 6)]
+    cpu = torch.device("cpu")
+    sequential, counts = vggt_tracks(model, images, chunks, cpu, "fp32", max_points=20, min_score=0.0)
+    parts = [vggt_call_tracks(model, images[c], cpu, "fp32", max_points=20, min_score=0.0) for c in chunks]
+    parts = [json.loads(json.dumps({k: np.asarray(v).tolist() for k, v in p.items()})) for p in parts]
+    merged, merged_counts = merge_vggt_tracks(parts, chunks)
+    assert counts == merged_counts and counts["tracks"] > 0
+    np.testing.assert_array_equal(merged.view, sequential.view)
+    np.testing.assert_array_equal(merged.track, sequential.track)
+    np.testing.assert_allclose(merged.xy, sequential.xy, rtol=1e-5, atol=1e-4)

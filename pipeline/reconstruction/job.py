@@ -3,6 +3,9 @@
     discover scenes -> skip finished ones -> load + preprocess (Ray tasks) -> VGGT (actor pool)
     -> per-scene outputs written by the driver as each scene arrives -> consolidated tables -> manifest
 
+A scene that needs several model calls travels as one row per call, so the actors run its chunks
+in parallel; the driver aligns and finishes it once all its calls are in (``operators.scene_chunks``).
+
 Scenes: :mod:`tomeray.pipeline.reconstruction.discover`. Output layout and conventions:
 :mod:`tomeray.pipeline.reconstruction.layout`. Resume: a scene is finished when its completion
 record is written (after all its files), so a crash loses at most the scenes in flight and a rerun
