@@ -31,6 +31,9 @@ def twelve_views(tmp_path_factory, opencv_data):
     (scenes / "chess").mkdir(parents=True)
     for i in CHESS_VIEWS[:12]:
         shutil.copy(opencv_data / f"left{i:02d}.jpg", scenes / "chess")
+    (scenes / "short").mkdir()  # fits one model call: the path of every scene before chunks
+    for i in CHESS_VIEWS[:3]:
+        shutil.copy(opencv_data / f"right{i:02d}.jpg", scenes / "short")
     return scenes
 
 
@@ -49,7 +52,9 @@ def test_overlapping_chunks_run_on_two_actors_and_match_the_sequential_result(tw
                                                                                tmp_path):
     out = tmp_path / "R"
     summary = run_reconstruct([str(twelve_views)], out, [*SETTINGS, *POOL])
-    assert summary.exit_code == 0 and summary.reconstructed == 1
+    assert summary.exit_code == 0 and summary.reconstructed == 2
+    short = json.loads((out / "scenes" / "scene=short.json").read_text())
+    assert short["views"] == 3 and short["chunks"] == 1 and "model_calls" not in short
     record = json.loads((out / "scenes" / "scene=chess.json").read_text())
     assert record["views"] == 12 and record["chunks"] == 5
     calls = record["model_calls"]
@@ -73,6 +78,8 @@ def test_overlapping_chunks_run_on_two_actors_and_match_the_sequential_result(tw
     assert len(pts.xyz) == len(row["xyz"][0]) == record["points"]
     np.testing.assert_allclose(pts.xyz, row["xyz"][0], rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(pts.frame_idx, row["point_frame"][0])
+    rerun = run_reconstruct([str(twelve_views)], out, [*SETTINGS, *POOL])  # resume: nothing redone
+    assert rerun.exit_code == 0 and rerun.skipped == 2 and rerun.reconstructed == 0
 
 
 def test_overlapping_chunks_a_failed_call_fails_its_scene_with_the_reason(twelve_views):

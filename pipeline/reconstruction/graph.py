@@ -63,9 +63,14 @@ def build_dataset(specs: list[dict], cfg: ReconConfig, intrinsics: dict | None =
     items = scene_items(specs)
     ds = source_dataset(items, progress=cfg.ray.progress, max_blocks=cfg.ray.max_blocks)
     ds = task_stage(ds, scene_loader(cfg), cfg.ray.tasks)
-    ds = task_stage(ds, chunk_splitter(cfg), cfg.ray.tasks)
-    # one row per block: an actor takes a block as a whole, so a scene's calls must not share one
-    ds = ds.repartition(target_num_rows_per_block=1)
-    plan = plan_actors(cfg.ray.actors, planned_calls(specs, cfg))
+    calls = planned_calls(specs, cfg)
+    if calls > len(items):  # some scene needs several model calls: one row (and block) per call
+        ds = task_stage(ds, chunk_splitter(cfg), cfg.ray.tasks)
+        # an actor takes a block as a whole, so a scene's calls must not share one
+        ds = ds.repartition(target_num_rows_per_block=1)
+        import ray
+
+        ray.data.DataContext.get_current().max_errored_blocks = calls  # a dying actor loses one call
+    plan = plan_actors(cfg.ray.actors, calls)
     return actor_stage(ds, SceneReconstructor, reconstructor_kwargs(cfg, intrinsics), plan,
                         batch_size=1), plan
