@@ -191,8 +191,9 @@ class SceneReconstructor:
         self.intrinsics = intrinsics  # pipeline.reconstruction.intrinsics.KnownIntrinsics as a dict
         self.node_id = node_id()
         self.start = WorkerStart.since(init_at, init_cpu_s)
-        log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
-                 self.precision)
+        if load_model:
+            log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
+                     self.precision)
 
     # ------------------------------------------------------------------ model calls
     def chunks(self, n: int) -> list[np.ndarray]:
