@@ -22,6 +22,10 @@ turns a loaded scene (``operators.scene_load``) into cameras and a filtered poin
 * refinement (``refine["ba"]``): bundle adjustment of the cameras (``operators.scene_refine``),
   after which depth is unprojected through the refined cameras.
 
+A long scene can also arrive as one row per model call (``operators.scene_chunks``), so that the
+actor pool runs its chunks in parallel: ``predict_call`` runs one, and ``reconstruct(calls=...)``
+does the rest (alignment, points, refinement) without the model once all of them are back.
+
 Failures of one scene (memory estimate over budget, CUDA out of memory, ...) become an error row
 (stage ``reconstruct``); the actor carries on with the next scene.
 
@@ -48,12 +52,13 @@ from tomeray.models.vggt.geometry import (
     pose_encoding_to_extri_intri,
     unproject_depth_map_to_point_map,
 )
-from tomeray.operators.scene_refine import refine_cameras
+from tomeray.operators.scene_refine import merge_vggt_tracks, refine_cameras
 from tomeray.operators.worker import WorkerStart, cost_columns, measure, node_id
 
 __all__ = [
     "SceneReconstructor",
     "chunk_alignment",
+    "model_calls",
     "model_intrinsics",
     "original_intrinsics",
     "split_chunks",
@@ -76,6 +81,16 @@ def split_chunks(n: int, max_views: int) -> list[np.ndarray]:
         raise InputError("views.policy=split needs views.max_views >= 2 (each chunk repeats the anchor view)")
     rest = np.arange(1, n)
     return [np.concatenate([[0], part]) for part in np.array_split(rest, -(-len(rest) // (max_views - 1)))]
+
+
+def model_calls(n: int, policy: str = "subsample", max_views: int = 0, chunk: int = 0,
+                overlap: int = 0) -> list[np.ndarray]:
+    """View indices of the model calls for ``n`` views under the views settings (the arguments of
+    ``SceneReconstructor``): one call unless ``policy`` is ``chunks`` or ``split``."""
+    if policy == "chunks":
+        size = chunk or max_views
+        return overlapping_chunks(n, size, overlap or max(1, size // 2))
+    return split_chunks(n, max_views if policy == "split" else 0)
 
 
 def chunk_alignment(ref_extrinsic: np.ndarray, ref_depth: np.ndarray, extrinsic: np.ndarray,
@@ -147,16 +162,19 @@ class SceneReconstructor:
 
     def __init__(self, model: dict, points: dict | None = None, max_views: int = 0, policy: str = "subsample",
                  device: str = "auto", precision: str = "auto", num_threads: int = 0, chunk: int = 0,
-                 overlap: int = 0, refine: dict | None = None, intrinsics: dict | None = None):
+                 overlap: int = 0, refine: dict | None = None, intrinsics: dict | None = None,
+                 load_model: bool = True):
         init_at, init_cpu_s = time.time(), time.process_time()
         if num_threads > 0:
             torch.set_num_threads(int(num_threads))
         merge = MergeConfig(**model.get("merge", {}))
         cfg = VGGTModelConfig(**{**model, "merge": merge})
-        self.device = resolve_device(device)
-        self.model = create_vggt(cfg).to(self.device)
-        self.weights_id = self.model.weights_id
-        self.patch = self.model.arch.patch_size
+        # load_model=False: only the work after the model (``reconstruct(calls=...)``), for scenes
+        # whose model calls ran as separate rows (operators.scene_chunks)
+        self.device = resolve_device(device) if load_model else torch.device("cpu")
+        self.model = create_vggt(cfg).to(self.device) if load_model else None
+        self.weights_id = self.model.weights_id if load_model else ""
+        self.patch = self.model.arch.patch_size if load_model else 0
         self.precision = resolve_precision(precision, self.device)
         p = points or {}
         self.source = p.get("source", "depth")
@@ -173,15 +191,14 @@ class SceneReconstructor:
         self.intrinsics = intrinsics  # pipeline.reconstruction.intrinsics.KnownIntrinsics as a dict
         self.node_id = node_id()
         self.start = WorkerStart.since(init_at, init_cpu_s)
-        log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
-                 self.precision)
+        if load_model:
+            log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
+                     self.precision)
 
     # ------------------------------------------------------------------ model calls
     def chunks(self, n: int) -> list[np.ndarray]:
         """View indices of the model calls for ``n`` views."""
-        if self.policy == "chunks":
-            return overlapping_chunks(n, self.chunk, self.overlap)
-        return split_chunks(n, self.max_views)
+        return model_calls(n, self.policy, self.max_views, self.chunk, self.overlap)
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, anchor_valid: np.ndarray | None = None,
@@ -195,34 +212,47 @@ class SceneReconstructor:
         clamped to ``FOV_RANGE``. ``known_K`` (S, 3, 3): model-input intrinsics to use instead of
         the predicted ones."""
         x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)  # Ray's arrays are read-only
-        H, W = x.shape[-2:]
         outputs, clamped = [], 0
         chunks = self.chunks(len(x))
         for chunk in chunks:
-            batch = x[torch.from_numpy(chunk)].to(self.device).float().div_(255)
-            with autocast(self.device, self.precision):
-                out = self.model(batch)
-            pose = out["pose_enc"][0].float()
-            fov = pose[:, 7:9]
-            clamped += int(((fov < FOV_RANGE[0]) | (fov > FOV_RANGE[1])).any(-1).sum())
-            pose = torch.cat([pose[:, :7], fov.clamp(*FOV_RANGE)], dim=-1)
-            extrinsic, intrinsic = pose_encoding_to_extri_intri(pose, (H, W))
-            if known_K is not None:
-                intrinsic = torch.from_numpy(known_K[chunk]).to(extrinsic)
-            depth = out["depth"][0, ..., 0].float()
-            if self.source == "depth":
-                points = unproject_depth_map_to_point_map(depth, extrinsic, intrinsic)
-                conf = out["depth_conf"][0]
-            else:
-                points, conf = out["world_points"][0], out["world_points_conf"][0]
-            outputs.append({"extrinsic": _numpy(extrinsic, np.float64),
-                            "intrinsic": _numpy(intrinsic, np.float64),
-                            "depth": _numpy(depth), "points": _numpy(points), "conf": _numpy(conf)})
-            del out, batch
+            out, n = self.predict_call(x[torch.from_numpy(chunk)],
+                                       None if known_K is None else known_K[chunk])
+            outputs.append(out)
+            clamped += n
+        return self.combine(outputs, chunks, anchor_valid, valid), clamped
+
+    @torch.inference_mode()
+    def predict_call(self, x: torch.Tensor, known_K: np.ndarray | None = None
+                     ) -> tuple[dict[str, np.ndarray], int]:
+        """One model call: uint8 (n, 3, H, W) views -> the arrays of ``predict`` in the call's own
+        frame (its first view's camera), and the number of views whose field of view was clamped."""
+        H, W = x.shape[-2:]
+        batch = x.to(self.device).float().div_(255)
+        with autocast(self.device, self.precision):
+            out = self.model(batch)
+        pose = out["pose_enc"][0].float()
+        fov = pose[:, 7:9]
+        clamped = int(((fov < FOV_RANGE[0]) | (fov > FOV_RANGE[1])).any(-1).sum())
+        pose = torch.cat([pose[:, :7], fov.clamp(*FOV_RANGE)], dim=-1)
+        extrinsic, intrinsic = pose_encoding_to_extri_intri(pose, (H, W))
+        if known_K is not None:
+            intrinsic = torch.from_numpy(known_K).to(extrinsic)
+        depth = out["depth"][0, ..., 0].float()
+        if self.source == "depth":
+            points = unproject_depth_map_to_point_map(depth, extrinsic, intrinsic)
+            conf = out["depth_conf"][0]
+        else:
+            points, conf = out["world_points"][0], out["world_points_conf"][0]
+        return {"extrinsic": _numpy(extrinsic, np.float64), "intrinsic": _numpy(intrinsic, np.float64),
+                "depth": _numpy(depth), "points": _numpy(points), "conf": _numpy(conf)}, clamped
+
+    def combine(self, outputs: list[dict], chunks: list[np.ndarray], anchor_valid: np.ndarray | None = None,
+                valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The model calls' outputs in view 0's frame (see ``predict``)."""
         if self.policy == "chunks" and len(chunks) > 1:
             merged, records = align_chunks(outputs, chunks, valid)
-            return {**merged, "alignment": records}, clamped
-        return self._assemble(outputs, chunks, anchor_valid), clamped
+            return {**merged, "alignment": records}
+        return self._assemble(outputs, chunks, anchor_valid)
 
     @staticmethod
     def _assemble(outputs: list[dict], chunks: list[np.ndarray], anchor_valid: np.ndarray | None = None
@@ -248,22 +278,33 @@ class SceneReconstructor:
     # ------------------------------------------------------------------ one scene
     def reconstruct(self, images: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray,
                     content_hw: np.ndarray, orig_hw: np.ndarray | None = None,
-                    image_path: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-        """Cameras (original-image intrinsics) and filtered points of one scene, plus statistics."""
+                    image_path: list[str] | None = None, calls: list[dict] | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict]:
+        """Cameras (original-image intrinsics) and filtered points of one scene, plus statistics.
+        ``calls``: the scene's model calls, already run as separate rows (``operators.scene_chunks``,
+        one dict per call in ``chunks`` order); only their combination and what follows is left."""
         started = time.perf_counter()
         content = content_mask(images.shape[1:3], offset_xy, content_hw)
         known = self._known_intrinsics(image_path, orig_hw)
         known_in = None if known is None else model_intrinsics(known, scale_xy, offset_xy)
-        pred, clamped = self.predict(images, content[0], known_in, content)
+        tracks = None
+        if calls is None:
+            pred, clamped = self.predict(images, content[0], known_in, content)
+        else:
+            chunks = self.chunks(len(images))
+            pred = self.combine([c["output"] for c in calls], chunks, content[0], content)
+            clamped = sum(c["clamped"] for c in calls)
+            if self.refine is not None and self.refine.get("tracks") == "vggt":
+                tracks = merge_vggt_tracks([c["tracks"] for c in calls], chunks)
         alignment = pred.pop("alignment", None)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started + sum(c["seconds"] for c in calls or [])
         intrinsic = original_intrinsics(pred["intrinsic"], scale_xy, offset_xy) if known is None else known
         refine = None
         if self.refine is not None and orig_hw is not None:
             extrinsic, intrinsic, refine = refine_cameras(
                 images, content, pred["extrinsic"], intrinsic, scale_xy, offset_xy, orig_hw, self.refine,
                 fixed_intrinsics=known is not None, model=self.model, chunks=self.chunks(len(images)),
-                device=self.device, precision=self.precision)
+                device=self.device, precision=self.precision, tracks=tracks)
             if refine["applied"]:
                 pred["extrinsic"] = extrinsic
                 if self.source == "depth":  # the points follow the refined cameras
@@ -288,12 +329,19 @@ class SceneReconstructor:
             "confidence": pred["conf"].reshape(-1)[idx],
             "point_frame": (idx // (H * W)).astype(np.int32),  # view position; mapped to frame_idx below
         }
+        model = calls[0] if calls else {"device": str(self.device), "precision": self.precision,
+                                        "weights_id": self.weights_id}
         stats = {"views": S, "points_valid": int(valid.sum()), "points_confident": candidates,
                  "points": len(idx), "model_seconds": round(seconds, 3), "model_hw": [H, W],
                  "chunks": len(self.chunks(S)), "clamped_fov_views": clamped,
-                 "device": str(self.device),
-                 "precision": self.precision, "weights_id": self.weights_id,
+                 "device": model["device"],
+                 "precision": model["precision"], "weights_id": model["weights_id"],
                  "intrinsics": "given" if known is not None else "predicted"}
+        if calls is not None:  # which actor ran each call, and for how long
+            stats["model_calls"] = [{k: c[k] for k in ("chunk", "first_view", "last_view", "actor", "node",
+                                                       "seconds")} for c in calls]
+            for record in alignment or []:
+                record["actor"] = calls[record["chunk"]]["actor"]
         if alignment is not None:
             stats["alignment"] = alignment
         if refine is not None:
@@ -323,11 +371,17 @@ class SceneReconstructor:
         if len(batch["scene"]) != 1:
             raise ValueError("SceneReconstructor takes one scene per batch (map_batches(batch_size=1))")
         with measure() as cost:
-            row = self._reconstruct_row(batch)
+            if "chunk" in batch:  # one model call of a long scene (operators.scene_chunks)
+                from tomeray.operators.scene_chunks import run_call  # it builds on this module
+
+                row = run_call(self, batch)
+            else:
+                row = self._reconstruct_row(batch)
         costs = {k: np.asarray(batch[k]) for k in ("load_cpu_s", "load_wall_s", "load_done_at") if k in batch}
         return {**row, **costs, **cost_columns("model", 1, cost), **self.start.columns("model", 1)}
 
-    def _reconstruct_row(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _reconstruct_row(self, batch: dict[str, np.ndarray], calls: list[dict] | None = None
+                         ) -> dict[str, np.ndarray]:
         scene = str(batch["scene"][0])
         errors = json.loads(str(batch["errors"][0]))
         images = np.asarray(batch["images"][0])
@@ -338,8 +392,11 @@ class SceneReconstructor:
         result = {"extrinsic": np.zeros((0, 3, 4)), "intrinsic": np.zeros((0, 3, 3)),
                   "xyz": np.zeros((0, 3), np.float32), "rgb": np.zeros((0, 3), np.uint8),
                   "confidence": np.zeros(0, np.float32), "point_frame": np.zeros(0, np.int32)}
-        stats: dict = {"views": 0, "points": 0, "weights_id": self.weights_id}
-        if len(images) == 0:
+        weights_id = calls[0]["weights_id"] if calls else self.weights_id
+        stats: dict = {"views": 0, "points": 0, "weights_id": weights_id}
+        if calls is not None and any(c["status"] != "ok" for c in calls):
+            status = "failed"  # the failed calls' reasons are among the scene's errors
+        elif len(images) == 0:
             status = "failed"
             if not any(e.get("path") == "" for e in errors):  # no scene-level reason given yet
                 message = ("no image of the scene could be used (see its other errors)" if errors
@@ -351,7 +408,7 @@ class SceneReconstructor:
                 result, stats = self.reconstruct(
                     images, np.asarray(batch["scale_xy"][0], np.float64).reshape(-1, 2),
                     np.asarray(batch["offset_xy"][0], np.float64).reshape(-1, 2),
-                    np.asarray(batch["content_hw"][0], np.int64).reshape(-1, 2), orig_hw, image_path)
+                    np.asarray(batch["content_hw"][0], np.int64).reshape(-1, 2), orig_hw, image_path, calls)
             except (InputError, torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
                 if isinstance(e, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()

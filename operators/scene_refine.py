@@ -1,5 +1,7 @@
 """Bundle adjustment of a reconstructed scene's cameras, run by the reconstruction actor right after
-the model (it has the views and, for VGGT tracks, the model).
+the model (it has the views and, for VGGT tracks, the model); for a scene run as separate model
+calls, where the calls are put together, each call's VGGT tracks taken by the actor that ran it
+(``vggt_call_tracks``, ``merge_vggt_tracks``).
 
 Tracks come from OpenCV SIFT features (``models.tracks``) or from VGGT's track head (query points
 on the first view of every model call, kept where the head calls them visible and confident);
@@ -21,7 +23,7 @@ from tomeray.models.device import autocast
 from tomeray.models.errors import InputError, one_line
 from tomeray.models.tracks import feature_tracks
 
-__all__ = ["refine_cameras", "to_original_pixels", "vggt_tracks"]
+__all__ = ["merge_vggt_tracks", "refine_cameras", "to_original_pixels", "vggt_call_tracks", "vggt_tracks"]
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +36,40 @@ def to_original_pixels(xy: np.ndarray, view: np.ndarray, scale_xy: np.ndarray,
 
 
 @torch.inference_mode()
-def vggt_tracks(model, images: np.ndarray, chunks: list[np.ndarray], device, precision: str,
-                max_points: int = 512, min_score: float = 0.25) -> tuple[Tracks, dict]:
-    """Tracks from the model's track head: corners (Shi-Tomasi) of each call's first view as
-    queries, followed through the call's views; observations kept where visibility x confidence
-    >= ``min_score``."""
+def vggt_call_tracks(model, images: np.ndarray, device, precision: str, max_points: int = 512,
+                     min_score: float = 0.25) -> dict | None:
+    """Tracks of one model call's views (uint8 (n, H, W, 3)): corners (Shi-Tomasi) of its first view
+    as queries, followed through its views; observations kept where visibility x confidence >=
+    ``min_score``. ``{"view", "query", "xy", "queries"}`` (views within the call), None without
+    corners."""
     import cv2
 
+    gray = cv2.cvtColor(np.ascontiguousarray(images[0]), cv2.COLOR_RGB2GRAY)
+    corners = cv2.goodFeaturesToTrack(gray, max_points, 0.01, 8)
+    if corners is None:
+        return None
+    query = torch.from_numpy(corners.reshape(-1, 2).astype(np.float32))
+    batch = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)
+    batch = batch.to(device).float().div_(255)
+    with autocast(device, precision):
+        out = model(batch, query_points=query.to(device))
+    track = out["track"][0].float().cpu().numpy()  # (S, N, 2)
+    score = (out["vis"][0] * out["conf"][0]).float().cpu().numpy()  # (S, N)
+    s, n = np.nonzero(score >= min_score)
+    return {"view": s, "query": n, "xy": track[s, n], "queries": len(query)}
+
+
+def merge_vggt_tracks(parts: list[dict | None], chunks: list[np.ndarray]) -> tuple[Tracks, dict]:
+    """The scene's tracks from its calls' ``vggt_call_tracks`` (one per chunk, in order)."""
     views, ids, xys = [], [], []
     next_id = 0
-    for chunk in chunks:
-        gray = cv2.cvtColor(np.ascontiguousarray(images[chunk[0]]), cv2.COLOR_RGB2GRAY)
-        corners = cv2.goodFeaturesToTrack(gray, max_points, 0.01, 8)
-        if corners is None:
+    for part, chunk in zip(parts, chunks):
+        if part is None:
             continue
-        query = torch.from_numpy(corners.reshape(-1, 2).astype(np.float32))
-        batch = torch.from_numpy(np.array(images[chunk], copy=True)).permute(0, 3, 1, 2)
-        batch = batch.to(device).float().div_(255)
-        with autocast(device, precision):
-            out = model(batch, query_points=query.to(device))
-        track = out["track"][0].float().cpu().numpy()  # (S, N, 2)
-        score = (out["vis"][0] * out["conf"][0]).float().cpu().numpy()  # (S, N)
-        s, n = np.nonzero(score >= min_score)
-        views.append(chunk[s])
-        ids.append(next_id + n)
-        xys.append(track[s, n])
-        next_id += len(query)
+        views.append(chunk[np.asarray(part["view"], np.int64)])
+        ids.append(next_id + np.asarray(part["query"], np.int64))
+        xys.append(np.asarray(part["xy"], np.float32).reshape(-1, 2))
+        next_id += int(part["queries"])
     if not views:
         return Tracks(np.zeros(0), np.zeros(0), np.zeros((0, 2))), {"tracks": 0}
     view, track_id, xy = np.concatenate(views), np.concatenate(ids), np.concatenate(xys)
@@ -68,17 +78,27 @@ def vggt_tracks(model, images: np.ndarray, chunks: list[np.ndarray], device, pre
     return tracks, {"tracks": tracks.count, "observations": len(view)}
 
 
+def vggt_tracks(model, images: np.ndarray, chunks: list[np.ndarray], device, precision: str,
+                max_points: int = 512, min_score: float = 0.25) -> tuple[Tracks, dict]:
+    """Tracks from the model's track head, one query set per model call (``vggt_call_tracks``)."""
+    return merge_vggt_tracks([vggt_call_tracks(model, images[chunk], device, precision, max_points, min_score)
+                              for chunk in chunks], chunks)
+
+
 def refine_cameras(images: np.ndarray, content: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray,
                    scale_xy: np.ndarray, offset_xy: np.ndarray, orig_hw: np.ndarray, options: dict,
-                   fixed_intrinsics: bool, model=None, chunks=None, device=None, precision: str = "fp32"
-                   ) -> tuple[np.ndarray, np.ndarray, dict]:
+                   fixed_intrinsics: bool, model=None, chunks=None, device=None, precision: str = "fp32",
+                   tracks: tuple[Tracks, dict] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Bundle-adjusted (extrinsic, original-pixel intrinsic) of a scene and the ``refine`` record;
     the inputs unchanged (record ``applied: false`` with a ``reason``) when refinement fails or
-    does not improve the reprojection error."""
+    does not improve the reprojection error. ``tracks``: VGGT tracks found already (with their
+    counts), instead of running ``model`` over ``chunks``."""
     record: dict = {"tracks_from": options.get("tracks", "features"), "applied": False}
     started = time.perf_counter()
     try:
-        if record["tracks_from"] == "vggt":
+        if record["tracks_from"] == "vggt" and tracks is not None:
+            tracks, counts = tracks
+        elif record["tracks_from"] == "vggt":
             tracks, counts = vggt_tracks(model, images, chunks, device, precision,
                                          int(options.get("max_query_points", 512)))
         else:

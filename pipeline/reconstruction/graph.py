@@ -1,5 +1,8 @@
 """The reconstruction graph on Ray Data: scene rows -> load (tasks) -> VGGT (actor pool), one scene
-per block and per call, so a dying worker (out of memory on a huge scene) loses one scene."""
+per block and per call, so a dying worker (out of memory on a huge scene) loses one scene. A scene
+that needs several model calls (long scenes, ``views.policy=chunks`` or ``split``) is split after
+loading into one row per call, so the actor pool runs them in parallel; the writer puts the scene
+back together when all its calls are in (``operators.scene_chunks``)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import json
 from tomeray.pipeline.core.graph import actor_stage, plan_actors, source_dataset, task_stage
 from tomeray.pipeline.reconstruction.config import ReconConfig, chunk_overlap, chunk_size
 
-__all__ = ["build_dataset", "reconstructor_kwargs", "scene_items", "scene_loader"]
+__all__ = ["build_dataset", "chunk_splitter", "planned_calls", "reconstructor_kwargs", "scene_items",
+           "scene_loader"]
 
 
 def scene_loader(cfg: ReconConfig):
@@ -30,6 +34,23 @@ def reconstructor_kwargs(cfg: ReconConfig, intrinsics: dict | None = None) -> di
             "refine": dataclasses.asdict(cfg.refine), "intrinsics": intrinsics}
 
 
+def chunk_splitter(cfg: ReconConfig):
+    """The stage after loading that splits long scenes into one row per model call."""
+    from tomeray.operators.scene_chunks import ChunkSplitter
+
+    return ChunkSplitter(policy=cfg.views.policy, max_views=cfg.views.max_views, chunk=chunk_size(cfg.views),
+                         overlap=chunk_overlap(cfg.views))
+
+
+def planned_calls(specs: list[dict], cfg: ReconConfig) -> int:
+    """How many model calls the scenes will take (a video's frames counted as ``video.num_frames``)."""
+    from tomeray.operators.scene_reconstruct import model_calls
+
+    return sum(len(model_calls(len(s["images"]) if "images" in s else cfg.video.num_frames,
+                               cfg.views.policy, cfg.views.max_views, chunk_size(cfg.views),
+                               chunk_overlap(cfg.views))) for s in specs)
+
+
 def scene_items(specs: list[dict]) -> list[dict]:
     return [{"scene": s["scene"], "spec": json.dumps(s)} for s in specs]
 
@@ -42,6 +63,14 @@ def build_dataset(specs: list[dict], cfg: ReconConfig, intrinsics: dict | None =
     items = scene_items(specs)
     ds = source_dataset(items, progress=cfg.ray.progress, max_blocks=cfg.ray.max_blocks)
     ds = task_stage(ds, scene_loader(cfg), cfg.ray.tasks)
-    plan = plan_actors(cfg.ray.actors, len(items))
+    calls = planned_calls(specs, cfg)
+    if calls > len(items):  # some scene needs several model calls: one row (and block) per call
+        ds = task_stage(ds, chunk_splitter(cfg), cfg.ray.tasks)
+        # an actor takes a block as a whole, so a scene's calls must not share one
+        ds = ds.repartition(target_num_rows_per_block=1)
+        import ray
+
+        ray.data.DataContext.get_current().max_errored_blocks = calls  # a dying actor loses one call
+    plan = plan_actors(cfg.ray.actors, calls)
     return actor_stage(ds, SceneReconstructor, reconstructor_kwargs(cfg, intrinsics), plan,
                         batch_size=1), plan

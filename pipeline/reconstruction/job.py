@@ -3,6 +3,9 @@
     discover scenes -> skip finished ones -> load + preprocess (Ray tasks) -> VGGT (actor pool)
     -> per-scene outputs written by the driver as each scene arrives -> consolidated tables -> manifest
 
+A scene that needs several model calls travels as one row per call, so the actors run its chunks
+in parallel; the driver aligns and finishes it once all its calls are in (``operators.scene_chunks``).
+
 Scenes: :mod:`tomeray.pipeline.reconstruction.discover`. Output layout and conventions:
 :mod:`tomeray.pipeline.reconstruction.layout`. Resume: a scene is finished when its completion
 record is written (after all its files), so a crash loses at most the scenes in flight and a rerun
@@ -121,7 +124,7 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
              len(specs), len(todo), len(specs) - len(todo), len(discover_errors))
 
     run_id = new_run_id()
-    writer = SceneWriter(layout, cfg, {s["scene"]: s for s in specs})
+    writer = SceneWriter(layout, cfg, {s["scene"]: s for s in specs}, known.actor_spec() if known else None)
     pipeline_s, costs, startup, startup_cpu = 0.0, {}, {}, {}
     if todo:
         from tomeray.pipeline.core.graph import cluster_resources

@@ -13,7 +13,8 @@
   errors/inputs.parquet             errors not tied to a scene (inputs that name nothing), latest run
   runs/<run_id>.json                what each run did
   scenes/scene=<key>.json           a scene's completion record, written after all its files
-                                    (with the chunk fits, ``alignment``, and the bundle
+                                    (with the chunk fits, ``alignment``, the actor of each
+                                    model call, ``model_calls``, and the bundle
                                     adjustment, ``refine``, when they ran)
   ply/<key>.ply                     optional export (binary little-endian PLY)
   colmap/<key>/{cameras,images,points3D}.txt   optional export (COLMAP text model)

@@ -33,8 +33,11 @@ def scene_errors(spec: dict, rows: list[dict]) -> list[dict]:
 class SceneWriter:
     """Collects the reconstructed scene rows (see ``pipeline.reconstruction.graph``) into ``layout``."""
 
-    def __init__(self, layout: ReconLayout, cfg: ReconConfig, specs: dict[str, dict]):
+    def __init__(self, layout: ReconLayout, cfg: ReconConfig, specs: dict[str, dict],
+                 intrinsics: dict | None = None):
         self.layout, self.cfg, self.specs = layout, cfg, specs
+        self.intrinsics = intrinsics  # the model actors' known intrinsics, for scenes run in chunks
+        self.calls = None  # operators.scene_chunks.SceneCalls, once a scene arrives in chunks
         self.records: dict[str, dict] = {}
         self.failed: set[str] = set()
         self.errors: list[dict] = []
@@ -56,7 +59,19 @@ class SceneWriter:
         self.errors.extend(errors)
         self.layout.write_scene_errors(scene, errors)
 
+    def _scene_of_call(self, row: dict) -> dict | None:
+        if self.calls is None:
+            from tomeray.operators.scene_chunks import SceneCalls
+            from tomeray.pipeline.reconstruction.graph import reconstructor_kwargs
+
+            self.calls = SceneCalls(reconstructor_kwargs(self.cfg, self.intrinsics))
+        return self.calls.add(row)
+
     def _add_one(self, row: dict) -> None:
+        if "chunk" in row:  # one model call of a long scene: the scene is written once all are in
+            row = self._scene_of_call(row)
+            if row is None:
+                return
         scene = str(row["scene"])
         spec = self.specs[scene]
         self.seen.add(scene)
