@@ -25,8 +25,12 @@ def video_decoder(cfg: IndexConfig, image_size: int):
     """The decode stage's callable for this job's settings."""
     from tomeray.operators.video_decode import VideoDecoder
 
-    return VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.segment_s,
-                        cfg.sampling.decode_threads, cfg.sampling.strict, cfg.output.thumbnails)
+    shots = cfg.sampling.shots
+    segmenter = {"detector": shots.detector, "threshold": shots.threshold, "min_s": shots.min_s,
+                 "max_s": shots.max_s, "batch_windows": shots.batch_windows} \
+        if cfg.sampling.segments == "shots" else None
+    return VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.window_s,
+                        cfg.sampling.decode_threads, cfg.sampling.strict, cfg.output.thumbnails, segmenter)
 
 
 def embedder_kwargs(cfg: IndexConfig) -> dict:
