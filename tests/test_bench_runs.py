@@ -44,3 +44,23 @@ def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     for r in served:
         assert {"p50_ms", "p99_ms", "qps"} <= set(r) and r["qps"] > 0
     assert "random weights" in result.stdout
+
+
+def test_bench_shots_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "shots.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tomeray.jobs.bench_shots", "--videos", "1", "--pieces", "3",
+         "--arch", "ViT-S-32", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    quality = [r for r in rows if r["stage"] == "quality"]
+    assert {(r["detector"], r["kind"]) for r in quality} == {
+        (d, k) for d in ("transnetv2", "histogram", "fixed") for k in ("cut", "dissolve", "all")}
+    for r in quality:
+        assert {"precision", "recall", "f1", "cpu_s_per_min"} <= set(r) and 0 <= r["f1"] <= 1
+    costs = {r["detector"]: r for r in rows if r["stage"] == "cost"}
+    assert set(costs) == {"transnetv2", "histogram", "fixed"}
+    assert all(0 <= r["detect_share"] < 1 and r["embed_cpu_s_per_min"] > 0 for r in costs.values())
+    (speed,) = [r for r in rows if r["stage"] == "speed"]
+    assert speed["max_abs_diff"] < 1e-5 and speed["frames_per_s"] > 0
