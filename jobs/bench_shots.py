@@ -20,8 +20,9 @@ Rows (``stage``):
   detector, detection, decoding each segment's sampled frames, and embedding one row per segment
   (``--arch`` TempMe, random weights: cost does not depend on their values); ``detect_share`` is
   the detector's share of the total.
-* ``speed``: TransNetV2 frames/s on one thread, ours against the package's ``predict_frames``
-  on the same frames (``vs_package``), and ``max_abs_diff`` of their probabilities.
+* ``speed``: TransNetV2 frames/s on one thread per setting (``batch_windows``, ``window``,
+  ``precision``), against the package's ``predict_frames`` on the same frames (``vs_package``),
+  and ``max_abs_diff`` of their probabilities. ``transnetv2-fast`` in the other rows: bf16, 200.
 * ``decode_plan``: the decode choice for shots: the small pass plus the second read of the sampled
   frames, against one pass at the model's size over every frame (the alternative).
 """
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 FPS = 25.0
 TOLERANCE = 2  # frames, as in TransNetV2's evaluation
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+# name -> create_detector(name, batch_windows, window, precision)
+DETECTOR_VARIANTS = {"transnetv2": ("transnetv2", 1, 100, "fp32"),  # the package's probabilities
+                     "transnetv2-fast": ("transnetv2", 1, 200, "bf16"),
+                     "histogram": ("histogram",)}
 PHOTOS = ("baboon.jpg", "fruits.jpg", "building.jpg", "aero1.jpg", "home.jpg", "messi5.jpg", "graf1.png",
           "leuvenA.jpg", "board.jpg", "lena.jpg", "orange.jpg", "starry_night.jpg")
 
@@ -123,7 +128,7 @@ def cpu_seconds(fn, *args):
     return result, time.process_time() - started
 
 
-def speed_row(frames: np.ndarray) -> dict:
+def speed_rows(frames: np.ndarray) -> list[dict]:
     import torch
     from tomeray.models.shots.transnetv2 import TransNetV2Detector, load_package_model
 
@@ -131,16 +136,16 @@ def speed_row(frames: np.ndarray) -> dict:
     with torch.no_grad():
         (expected, _), package_s = cpu_seconds(lambda f: package.predict_frames(f, quiet=True),
                                                torch.from_numpy(frames))
-    row = {"stage": "speed", "detector": "transnetv2", "frames": len(frames),
-           "package_frames_per_s": len(frames) / package_s}
-    for batch in (1, 4):
-        ours, ours_s = cpu_seconds(TransNetV2Detector(batch, model=package).predict, frames)
-        row[f"frames_per_s_batch{batch}"] = len(frames) / ours_s
-        row["max_abs_diff"] = max(row.get("max_abs_diff", 0.0),
-                                  float(np.abs(ours - expected.numpy().reshape(-1)).max()))
-    row["frames_per_s"] = max(row["frames_per_s_batch1"], row["frames_per_s_batch4"])
-    row["vs_package"] = row["frames_per_s"] / row["package_frames_per_s"]
-    return row
+    rows = []
+    for batch, window, precision in ((1, 100, "fp32"), (4, 100, "fp32"), (1, 100, "bf16"), (1, 200, "bf16")):
+        detector = TransNetV2Detector(batch, window, model=package, precision=precision)
+        detector.predict(frames[:10])  # warm-up
+        ours, ours_s = cpu_seconds(detector.predict, frames)
+        rows.append({"stage": "speed", "detector": "transnetv2", "batch_windows": batch, "window": window,
+                     "precision": precision, "frames": len(frames), "frames_per_s": len(frames) / ours_s,
+                     "package_frames_per_s": len(frames) / package_s, "vs_package": package_s / ours_s,
+                     "max_abs_diff": float(np.abs(ours - expected.numpy().reshape(-1)).max())})
+    return rows
 
 
 def embed_cost_per_row(arch: str, num_frames: int) -> float:
@@ -198,8 +203,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             small.append(frames)
             small_s += seconds
         rows, segments = [], {}
-        for name in ("transnetv2", "histogram"):
-            detector = create_detector(name)
+        for name, detector in DETECTOR_VARIANTS.items():
+            detector = create_detector(*detector)
             found, spent = [], 0.0
             for frames in small:
                 scores, seconds = cpu_seconds(detector.predict, frames)
@@ -227,7 +232,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                          **{f"{k}_cpu_s_per_min": v / minutes for k, v in parts.items()},
                          "total_cpu_s_per_min": total / minutes, "detect_share": parts["detect"] / total,
                          "embed_share": parts["embed"] / total, "arch": args.arch})
-        rows.append(speed_row(np.concatenate(small)))
+        rows += speed_rows(np.concatenate(small))
         whole = [shots_to_json(detect_shots(np.zeros(n), 1.0)) for _, n, _ in videos]  # one shot each
         two = small_s + sum(decode_cost(str(p), w, args.num_frames) for (p, _, _), w in zip(videos, whole))
         one = sum(one_pass_cost(str(p)) for p, _, _ in videos)
@@ -244,27 +249,31 @@ def report(rows: list[dict]) -> str:
     def f2(value) -> str:
         return fmt(value, ".2f")
 
-    lines = [f"{'detector':<11} {'kind':<9} {'trans':>5} {'found':>5} {'false':>5} {'prec':>6} {'recall':>6} "
+    lines = [f"{'detector':<15} {'kind':<9} {'trans':>5} {'found':>5} {'false':>5} {'prec':>6} {'recall':>6} "
              f"{'f1':>6} {'cpu s/min':>9}"]
     for r in (r for r in rows if r["stage"] == "quality"):
         counts = f"{r['transitions']:>5} {r['found']:>5} {r['false']:>5}"
-        lines.append(f"{r['detector']:<11} {r['kind']:<9} {counts} {fmt(r['precision']):>6} "
+        lines.append(f"{r['detector']:<15} {r['kind']:<9} {counts} {fmt(r['precision']):>6} "
                      f"{fmt(r['recall']):>6} {fmt(r['f1']):>6} {f2(r['cpu_s_per_min']):>9}")
     costs = [r for r in rows if r["stage"] == "cost"]
     lines += ["", f"indexing cost, CPU s per video-minute ({costs[0]['arch']} embedding):",
-              f"{'detector':<11} {'rows':>5} {'small dec':>9} {'detect':>8} {'clip dec':>8} {'embed':>8} "
+              f"{'detector':<15} {'rows':>5} {'small dec':>9} {'detect':>8} {'clip dec':>8} {'embed':>8} "
               f"{'total':>8} {'detect %':>8} {'embed %':>8}"]
     for r in costs:
         keys = ("detect", "clip_decode", "embed", "total")
         parts = " ".join(f"{f2(r[k + '_cpu_s_per_min']):>8}" for k in keys)
-        lines.append(f"{r['detector']:<11} {r['rows']:>5} {f2(r['small_decode_cpu_s_per_min']):>9} {parts} "
+        lines.append(f"{r['detector']:<15} {r['rows']:>5} {f2(r['small_decode_cpu_s_per_min']):>9} {parts} "
                      f"{fmt(100 * r['detect_share'], '.1f'):>8} {fmt(100 * r['embed_share'], '.1f'):>8}")
+    speed = [r for r in rows if r["stage"] == "speed"]
+    lines += ["", f"TransNetV2 on one thread (the package's predict_frames: "
+                  f"{f2(speed[0]['package_frames_per_s'])} frames/s on the same frames):",
+              f"{'batch':>5} {'window':>6} {'precision':>9} {'frames/s':>9} {'vs package':>10} "
+              f"{'max |diff|':>10}"]
+    for r in speed:
+        setting = f"{r['batch_windows']:>5} {r['window']:>6} {r['precision']:>9}"
+        figures = f"{f2(r['frames_per_s']):>9} {f2(r['vs_package']):>10} {r['max_abs_diff']:>10.1e}"
+        lines.append(f"{setting} {figures}")
     for r in rows:
-        if r["stage"] == "speed":
-            lines.append(f"\nTransNetV2 on one thread: {f2(r['frames_per_s'])} frames/s (batch 1: "
-                         f"{f2(r['frames_per_s_batch1'])}, batch 4: {f2(r['frames_per_s_batch4'])}); the "
-                         f"package's predict_frames {f2(r['package_frames_per_s'])} frames/s: "
-                         f"{f2(r['vs_package'])}x; max |diff| {r['max_abs_diff']:.2e}")
         if r["stage"] == "decode_plan":
             lines.append(f"decode for shots: small pass + second read {f2(r['two_reads_cpu_s_per_min'])} "
                          f"CPU s/min; one pass at the model's size {f2(r['one_pass_cpu_s_per_min'])} "

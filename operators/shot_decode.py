@@ -56,12 +56,12 @@ def decode_small_frames(path: str, n_frames: int, num_threads: int = 1) -> np.nd
 
 
 @lru_cache(maxsize=2)
-def _detector(name: str, batch_windows: int):
+def _detector(name: str, batch_windows: int, window: int, precision: str):
     """One detector per worker process (Ray reuses task workers, so the weights load once)."""
     import torch
 
     torch.set_num_threads(1)  # a decode task holds a fraction of a CPU
-    return create_detector(name, batch_windows)
+    return create_detector(name, batch_windows, window, precision)
 
 
 def shots_to_json(shots: list[Shot]) -> str:
@@ -76,7 +76,8 @@ class ShotSegmenter:
     """Plans one video's segments; keeps what it found for the row's shot columns."""
 
     def __init__(self, detector: str, threshold: float, min_s: float, max_s: float, batch_windows: int = 1,
-                 num_threads: int = 1):
+                 window: int = 100, precision: str = "fp32", num_threads: int = 1):
+        self.window, self.precision = int(window), precision
         self.detector, self.threshold = detector, float(threshold)
         self.min_s, self.max_s = float(min_s), float(max_s)
         self.batch_windows, self.num_threads = int(batch_windows), int(num_threads)
@@ -91,7 +92,7 @@ class ShotSegmenter:
         if stored:
             self.shots, self.detected = shots_from_json(stored), False
         else:
-            scores = _detector(self.detector, self.batch_windows).predict(
+            scores = _detector(self.detector, self.batch_windows, self.window, self.precision).predict(
                 decode_small_frames(path, n_frames, self.num_threads))
             self.shots, self.detected = detect_shots(scores, self.threshold), True
         self.detect_cpu_s = time.process_time() - started

@@ -17,9 +17,10 @@ def _check(name: str) -> None:
         raise ConfigError(f"unknown shot detector {name!r}: use one of {', '.join(DETECTORS)}")
 
 
-def create_detector(name: str, batch_windows: int = 1):
+def create_detector(name: str, batch_windows: int = 1, window: int = 100, precision: str = "fp32"):
     """A detector with ``predict(frames (N, 27, 48, 3) uint8) -> (N,) scores`` (score > threshold:
-    a cut follows that frame) and ``weights_id``."""
+    a cut follows that frame) and ``weights_id``. ``window`` / ``precision``: TransNetV2's (100 /
+    fp32: the package's own probabilities)."""
     _check(name)
     if name == "histogram":
         from tomeray.models.shots.histogram import HistogramDetector
@@ -27,7 +28,7 @@ def create_detector(name: str, batch_windows: int = 1):
         return HistogramDetector()
     from tomeray.models.shots.transnetv2 import TransNetV2Detector
 
-    return TransNetV2Detector(batch_windows)
+    return TransNetV2Detector(batch_windows, window, precision=precision)
 
 
 def detector_weights_id(name: str) -> str:

@@ -5,20 +5,23 @@ file ships inside the package, so nothing is downloaded). Its own ``predict_fram
 frames with 25 copies of the first and 25..74 copies of the last frame, runs windows of 100
 frames with a step of 50, one window at a time, and keeps the middle 50 predictions of each
 window. :class:`TransNetV2Detector` gives the same per-frame probabilities (parity test) with the
-same windows, but:
+same windows (default), but:
 
-* several windows go through the network in one batch, under ``torch.inference_mode``;
 * each (1, 3, 3) convolution of the four dilation branches of a block is one ``conv2d`` over all
-  frames (the four branches share their input, so their kernels are concatenated), in
-  channels-last layout;
-* each dilated (3, 1, 1) temporal convolution is one matrix product per branch followed by two
-  shifted adds, with the block's batch norm folded into its weights and bias;
+  frames (the four branches share their input, so their kernels are concatenated), channels-last;
+* each dilated (3, 1, 1) temporal convolution is a ``conv2d`` over (time, pixels) of the same
+  memory (no copies between the two), with the block's batch norm folded into its weights;
 * colour histograms are per frame, so they are computed once per frame, not once per window;
-* only the single-frame head is evaluated (the many-hot head is not used for boundaries).
+* only the single-frame head is evaluated (the many-hot head is not used for boundaries);
+* ``torch.inference_mode``; windows may be batched (``batch_windows``; on a CPU core one at a time
+  measured fastest: a window's activations already fill the caches).
 
-Every window still scores its 100 frames (the network's temporal receptive field reaches past
-the 25 context frames, so a window's zero padding shapes its outputs and longer windows would
-change them): each frame is computed twice, as in the package.
+The package's windows score every frame twice (100 computed, 50 kept); the network's temporal
+receptive field reaches past the 25 context frames, so a window's zero padding shapes its outputs
+and only windows of 100 give the package's exact numbers. Two measured trade-offs (``jobs/
+bench_shots.py``): ``precision="bf16"`` runs the convolutions in bfloat16 (about 2x on CPUs with
+AVX512-BF16 or AMX; probabilities within ~1e-3), and ``window=200`` keeps 150 of 200 frames
+(a third less work; probabilities within ~1e-4 on the bench's footage).
 """
 
 from __future__ import annotations
@@ -118,7 +121,10 @@ def _band(similarities: torch.Tensor) -> torch.Tensor:
 
 
 class _FoldedDilatedBlock:
-    """One ``DilatedDCNNV2`` (four dilation branches + batch norm) as conv2d + matmuls."""
+    """One ``DilatedDCNNV2`` (four dilation branches + batch norm) as 2D convolutions: the four
+    (1, 3, 3) kernels as one conv over all frames, each dilated (3, 1, 1) kernel as a conv over
+    (time, pixels) with the batch norm folded into it. A channels-last (B*T, C, H, W) tensor is,
+    in memory, also a channels-last (B, C, T, H*W) one, so both views are free."""
 
     def __init__(self, block, relu: bool):
         branches = [block.Conv3D_1, block.Conv3D_2, block.Conv3D_4, block.Conv3D_8]
@@ -127,34 +133,31 @@ class _FoldedDilatedBlock:
         bn = block.bn
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
-        filters = branches[0].layers[1].weight.shape[0]
-        self.filters = filters
-        self.temporal, self.bias = [], []
-        for i, branch in enumerate(branches):  # (F, 2F, 3, 1, 1) -> (2F, 3F): taps t-d | t | t+d
-            w = branch.layers[1].weight[:, :, :, 0, 0] * scale[i * filters:(i + 1) * filters].view(-1, 1, 1)
-            self.temporal.append(torch.cat([w[:, :, k].T for k in range(3)], dim=1).contiguous())
-            bias = shift[i * filters:(i + 1) * filters]
+        f = branches[0].layers[1].weight.shape[0]
+        self.filters, self.temporal, self.bias = f, [], []
+        for i, branch in enumerate(branches):  # (F, 2F, 3, 1, 1) -> (F, 2F, 3, 1), scaled by the norm
+            part = slice(i * f, (i + 1) * f)
+            weight = branch.layers[1].weight[..., 0] * scale[part].view(-1, 1, 1, 1)
+            self.temporal.append(weight.contiguous())
+            bias = shift[part]
             if branch.layers[1].bias is not None:
-                bias = bias + branch.layers[1].bias * scale[i * filters:(i + 1) * filters]
-            self.bias.append(bias)
+                bias = bias + branch.layers[1].bias * scale[part]
+            self.bias.append(bias.contiguous())
         self.relu = relu
 
     def __call__(self, x: torch.Tensor, windows: int) -> torch.Tensor:
         """``x``: (B*T, C, H, W) channels-last -> (B*T, 4F, H, W) channels-last."""
         n, _, h, w = x.shape
-        s = F.conv2d(x, self.spatial, padding=1)  # (B*T, 8F, H, W), channels-last
-        s = s.permute(0, 2, 3, 1).reshape(windows, n // windows, h * w, -1)  # a view: (B, T, HW, 8F)
+        s = F.conv2d(x, self.spatial, padding=1)  # (B*T, 8F, H, W)
+        s = s.permute(0, 2, 3, 1).reshape(windows, n // windows, h * w, -1)
+        s = s.permute(0, 3, 1, 2)  # (B, 8F, T, HW), a view
         f = self.filters
-        out = torch.empty(windows, n // windows, h * w, 4 * f)
-        for i, d in enumerate(self.dilations):
-            y = torch.matmul(s[..., 2 * f * i:2 * f * (i + 1)], self.temporal[i])  # (B, T, HW, 3F)
-            o = out[..., f * i:f * (i + 1)]
-            torch.add(y[..., f:2 * f], self.bias[i], out=o)
-            o[:, d:] += y[:, :-d, :, :f]  # tap t-d (zero before the window's start)
-            o[:, :-d] += y[:, d:, :, 2 * f:]  # tap t+d (zero after its end)
+        out = torch.cat([F.conv2d(s[:, 2 * f * i:2 * f * (i + 1)], self.temporal[i], self.bias[i],
+                                  padding=(d, 0), dilation=(d, 1)) for i, d in enumerate(self.dilations)],
+                        dim=1)  # (B, 4F, T, HW), zero beyond the window's ends as in the package
         if self.relu:
-            out.clamp_(min=0)
-        return out.view(n, h, w, 4 * f).permute(0, 3, 1, 2)
+            out = out.clamp_(min=0)
+        return out.permute(0, 2, 3, 1).reshape(n, h, w, 4 * f).permute(0, 3, 1, 2)
 
 
 class TransNetV2Detector:
@@ -162,11 +165,14 @@ class TransNetV2Detector:
 
     name = "transnetv2"
 
-    def __init__(self, batch_windows: int = 1, window: int = WINDOW, model=None):
+    def __init__(self, batch_windows: int = 1, window: int = WINDOW, model=None, precision: str = "fp32"):
         if int(window) <= 2 * CONTEXT:
             raise InputError(f"a TransNetV2 window needs more than {2 * CONTEXT} frames, got {window}")
         self.batch_windows = max(1, int(batch_windows))
         self.window = int(window)  # 100: the package's windows (parity); longer: fewer frames scored twice
+        if precision not in ("fp32", "bf16"):
+            raise InputError(f"TransNetV2 precision must be fp32 or bf16, got {precision!r}")
+        self.bf16 = precision == "bf16"  # the convolutions in bfloat16 (fast on CPUs with AVX512-BF16 / AMX)
         model = model if model is not None else load_package_model()
         self.weights_id = package_weights_id()
         with torch.no_grad():
@@ -191,7 +197,9 @@ class TransNetV2Detector:
 
     def _windows(self, frames: torch.Tensor, histograms: torch.Tensor) -> torch.Tensor:
         """(B, 100, 27, 48, 3) uint8 windows and their (B, 100, 512) histograms -> (B, 100) probabilities."""
-        features, means = self._features(frames)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            features, means = self._features(frames)
+        features, means = features.float(), [m.float() for m in means]
         sim = F.normalize(self.similarity.projection(torch.cat(means, dim=2)), p=2, dim=2)
         sim = F.relu(self.similarity.fc(_band(torch.bmm(sim, sim.transpose(1, 2)))))
         hist = F.relu(self.histogram_fc(_band(torch.bmm(histograms, histograms.transpose(1, 2)))))
@@ -215,4 +223,4 @@ class TransNetV2Detector:
                 window = torch.stack([padded[s:s + self.window] for s in starts])
                 hist = torch.stack([histograms[s:s + self.window] for s in starts])
                 out.append(self._windows(window, hist)[:, CONTEXT:CONTEXT + step].reshape(-1))
-        return torch.cat(out)[: len(frames)].numpy().astype(np.float32)
+        return torch.cat(out)[: len(frames)].float().numpy()

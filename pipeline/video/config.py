@@ -25,7 +25,9 @@ class ShotsConfig:
     threshold: float = 0.5  # a cut score above this ends a shot (TransNetV2's own threshold)
     min_s: float = 1.0  # shots shorter than this merge into a neighbour (0: never)
     max_s: float = 30.0  # shots longer than this split into equal parts (0: never)
-    batch_windows: int = 1  # TransNetV2 windows of 100 frames per forward pass
+    batch_windows: int = 1  # TransNetV2 windows per forward pass
+    window: int = 100  # TransNetV2 frames per window (100: the package's; longer: fewer frames scored twice)
+    precision: str = "fp32"  # TransNetV2 convolutions: fp32 (the package's probabilities) | bf16 (faster)
     reuse: str | None = None  # an index whose shots/ (same detector, weights, threshold) replaces detection
 
     def __post_init__(self):
@@ -33,14 +35,20 @@ class ShotsConfig:
 
         if self.detector not in DETECTORS:
             raise ConfigError(f"sampling.shots.detector={self.detector!r}: use one of {', '.join(DETECTORS)}")
+        if self.precision not in ("fp32", "bf16") or self.window <= 50:
+            raise ConfigError(f"sampling.shots: precision must be fp32 or bf16 (got {self.precision!r}) and "
+                              f"window more than 50 frames (got {self.window})")
         self.reuse = absolute_path(self.reuse)
 
     def header(self) -> dict:
         """What an index pins about its shots (rows depend on all of it)."""
         from tomeray.models.shots import detector_weights_id
 
-        return {"detector": self.detector, "weights_id": detector_weights_id(self.detector),
-                "threshold": float(self.threshold), "min_s": float(self.min_s), "max_s": float(self.max_s)}
+        header = {"detector": self.detector, "weights_id": detector_weights_id(self.detector),
+                  "threshold": float(self.threshold), "min_s": float(self.min_s), "max_s": float(self.max_s)}
+        if self.detector == "transnetv2":
+            header.update(window=int(self.window), precision=self.precision)
+        return header
 
 
 SEGMENTS = ("none", "fixed", "shots")

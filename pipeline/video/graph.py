@@ -27,7 +27,8 @@ def video_decoder(cfg: IndexConfig, image_size: int):
 
     shots = cfg.sampling.shots
     segmenter = {"detector": shots.detector, "threshold": shots.threshold, "min_s": shots.min_s,
-                 "max_s": shots.max_s, "batch_windows": shots.batch_windows} \
+                 "max_s": shots.max_s, "batch_windows": shots.batch_windows, "window": shots.window,
+                 "precision": shots.precision} \
         if cfg.sampling.segments == "shots" else None
     return VideoDecoder(image_size, cfg.model.num_frames, cfg.sampling.fps, cfg.sampling.window_s,
                         cfg.sampling.decode_threads, cfg.sampling.strict, cfg.output.thumbnails, segmenter)

@@ -37,7 +37,7 @@ SHOTS_SCHEMA = pa.schema([
 ])
 
 # What shots depend on: another index's shots are reused only when these agree.
-DETECTION_KEYS = ("detector", "weights_id", "threshold")
+DETECTION_KEYS = ("detector", "weights_id", "threshold", "window", "precision")
 
 
 def shot_rows(key: str, path: str, fps: float, shots_json: str) -> list[dict]:
