@@ -35,7 +35,7 @@ def test_our_inference_matches_the_package_prediction_api(joined):
     bounds = [(s.start, s.end) for s in detect_shots(ours, 0.5)]
     assert bounds == [(s.start, s.end) for s in detect_shots(expected, 0.5)]
     fast = TransNetV2Detector(model=package, window=200, precision="bf16").predict(frames)  # not exact
-    assert np.abs(fast - expected).max() < 0.02
+    assert np.abs(fast - expected).max() < 0.05
     assert [(s.start, s.end) for s in detect_shots(fast, 0.5)] == bounds
 
 

@@ -166,3 +166,10 @@ def test_service_shows_and_serves_the_shots(built):
         assert {h["segment"] for h in hits} == {"shot"}
         media = requests.get(server.url + hits[1]["media_url"], timeout=60)
         assert media.status_code == 200 and media.content[:4] == b"RIFF"
+
+
+def test_merge_carries_the_shots_table(built, tmp_path):
+    out = tmp_path / "merged"
+    assert main(["--merge", str(built["out"]), "--out", str(out)]) in (0, 1)
+    assert ShotsTable(out).read().equals(ShotsTable(built["out"]).read())
+    assert rows_of(IndexLayout(out), "three pieces.avi") == rows_of(built["layout"], "three pieces.avi")
