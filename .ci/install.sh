@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything tomeray needs on a fresh Debian/Ubuntu machine: the opencv-doc sample media,
-# python3-venv, and Chromium with its WebDriver for the search page's browser tests (apt, only when
-# missing), a virtual environment in .venv, and tomeray with its test extras (pip). Safe to run
+# python3-venv, Chromium with its WebDriver for the search page's browser tests and COLMAP (apt, only
+# when missing), a virtual environment in .venv, and tomeray with its test extras (pip). Safe to run
 # again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ apt_packages=()
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 command -v chromium >/dev/null || apt_packages+=(chromium)
 command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
+command -v colmap >/dev/null || apt_packages+=(colmap)  # tests read the binary export with model_analyzer
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing with apt-get: ${apt_packages[*]}"
   $SUDO apt-get update -qq

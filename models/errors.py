@@ -5,7 +5,9 @@ Every error a user can cause (bad config, bad input, missing weights) derives fr
 Input and config errors are also ``ValueError`` so callers that expect the builtin still work.
 """
 
-__all__ = ["ConfigError", "InputError", "TomerayError", "WeightsError", "one_line"]
+import os
+
+__all__ = ["ConfigError", "InputError", "TomerayError", "WeightsError", "link_note", "one_line"]
 
 
 class TomerayError(Exception):
@@ -29,3 +31,14 @@ def one_line(error: BaseException, limit: int = 500) -> str:
     libraries such as decord append C++ stack traces to their messages: only the human part is kept)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text.split(" Stack trace")[0][:limit]
+
+
+def link_note(path) -> str:
+    """For an error about ``path`` as the user's tree shows it: where it really leads when a symbolic
+    link is on the way (" ('in/a.avi' resolves to '/data/a.avi', which does not exist)"), else ""."""
+    shown = os.path.abspath(os.fspath(path))
+    target = os.path.realpath(shown)
+    if target == shown:
+        return ""
+    gone = "" if os.path.exists(target) else ", which does not exist"
+    return f" ('{os.fspath(path)}' resolves to '{target}'{gone})"

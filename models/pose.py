@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from tomeray.models.errors import InputError
 
-__all__ = ["Sim3", "camera_centers", "quaternion_to_rotation", "rotation_angle_deg", "rotation_to_quaternion",
-           "umeyama"]
+__all__ = ["RobustFit", "Sim3", "camera_centers", "quaternion_to_rotation", "robust_sim3",
+           "rotation_angle_deg", "rotation_to_quaternion", "umeyama"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Sim3:
         tn = self.s * tc - np.einsum("...ij,j->...i", Rn, self.t)
         return np.concatenate([Rn, tn[..., None]], axis=-1)
 
+    def compose(self, other: Sim3) -> Sim3:
+        """self after other: x -> self(other(x))."""
+        return Sim3(self.s * other.s, self.R @ other.R, self.s * self.R @ other.t + self.t)
+
 
 def camera_centers(extrinsic: np.ndarray) -> np.ndarray:
     """World-to-camera (..., 3, 4) -> camera centres (..., 3): C = -R^T t."""
@@ -55,23 +59,60 @@ def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(sin, cos))
 
 
-def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Sim3:
-    """Least-squares similarity with dst ~ s R src + t (Umeyama 1991). Needs >= 3 non-collinear points
-    for a unique rotation."""
+def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True,
+            weights: np.ndarray | None = None) -> Sim3:
+    """Least-squares similarity with dst ~ s R src + t (Umeyama 1991), optionally weighted per point.
+    Needs >= 3 non-collinear points (of positive weight) for a unique rotation."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) == 0:
         raise InputError(f"umeyama needs two (N, 3) arrays of equal shape; got {src.shape}, {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    if len(w) != len(src) or not np.all(w >= 0) or w.sum() <= 0:
+        raise InputError("umeyama weights must be one non-negative value per point, not all zero")
+    w = w / w.sum()
+    mu_s, mu_d = w @ src, w @ dst
     xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
+    cov = (xd * w[:, None]).T @ xs
     U, D, Vt = np.linalg.svd(cov)
     S = np.eye(3)
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:
         S[2, 2] = -1
     R = U @ S @ Vt
-    var_s = (xs ** 2).sum() / len(src)
+    var_s = w @ (xs ** 2).sum(1)
     s = float(np.trace(np.diag(D) @ S) / var_s) if with_scale and var_s > 0 else 1.0
     return Sim3(s, R, mu_d - s * R @ mu_s)
+
+
+@dataclass(frozen=True)
+class RobustFit:
+    sim: Sim3
+    inlier_ratio: float  # share of the points whose residual is under the Cauchy scale at the end
+    median_residual: float  # in dst units
+    iterations: int
+
+
+def robust_sim3(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None, iterations: int = 20,
+                scale_floor: float = 1e-9) -> RobustFit:
+    """Similarity dst ~ s R src + t robust to outliers: weighted Umeyama inside iteratively reweighted
+    least squares with Cauchy weights 1 / (1 + (r / c)^2), c = 2.5 x the median residual's robust
+    spread (MAD-based, so a minority of outliers does not inflate it). ``weights`` (confidence)
+    multiply the robust ones."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    prior = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    w = prior.copy()
+    sim, c, r = Sim3.identity(), 0.0, np.zeros(len(src))
+    done = 0
+    for done in range(1, iterations + 1):
+        new = umeyama(src, dst, weights=w)
+        r = np.linalg.norm(new.apply(src) - dst, axis=1)
+        c = max(2.5 * 1.4826 * float(np.median(r)), scale_floor)
+        w = prior / (1.0 + (r / c) ** 2)
+        converged = (done > 1 and abs(new.s - sim.s) < 1e-9 * max(new.s, 1)
+                     and np.allclose(new.t, sim.t, atol=1e-9 * c))
+        sim = new
+        if converged:
+            break
+    return RobustFit(sim, float(np.mean(r < c)), float(np.median(r)), done)
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:

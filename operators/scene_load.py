@@ -14,7 +14,8 @@ depth and alpha survive) and then:
 
 Views: at most ``max_views`` per scene with ``policy="subsample"`` (evenly spaced over the
 scene's sorted images, first and last included; an image that fails is replaced by an unused
-one), all of them with ``policy="split"`` (the reconstruct stage then runs them in chunks).
+one), all of them with ``policy="chunks"`` or ``"split"`` (the reconstruct stage then runs them in
+chunks).
 
 The output row carries the model-ready views as uint8 (S, H, W, 3): the preprocessing makes
 values k / 255 of 8-bit PIL resizes and white padding, so uint8 transport is lossless and 4x
@@ -32,7 +33,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tomeray.models.errors import InputError, one_line
+from tomeray.models.errors import InputError, link_note, one_line
 from tomeray.operators.video_io import FrameReader, container_truncation, load_decord
 from tomeray.operators.worker import cost_columns, measure, node_id
 
@@ -178,8 +179,10 @@ def video_frame_indices(n_frames: int, fps: float, num_frames: int = 16,
 
 
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps: float | None = None,
-                      max_frames: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(frame numbers, RGB uint8 frames) sampled by ``video_frame_indices``; when ``max_frames`` > 0
+                      max_frames: int = 0, window_s: tuple[float, float] | None = None
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(frame numbers, RGB uint8 frames) sampled by ``video_frame_indices``, from the frames whose
+    times lie in ``window_s`` (seconds, both ends included) when given; when ``max_frames`` > 0
     only that many of them, evenly spaced (the view budget), are decoded."""
     decord = load_decord()
 
@@ -194,7 +197,12 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
         n, fps = len(reader), float(reader.get_avg_fps())
     except (RuntimeError, decord.DECORDError) as e:
         raise ImageReadError(f"not a readable video: {str(e).splitlines()[0][:200]}") from None
-    indices = video_frame_indices(n, fps, num_frames, sample_fps)
+    first = 0
+    if window_s is not None and fps > 0:
+        first = min(n, max(0, math.ceil(float(window_s[0]) * fps - 1e-6)))
+        if math.isfinite(float(window_s[1])):
+            n = min(n, math.floor(float(window_s[1]) * fps + 1e-6) + 1)
+    indices = first + video_frame_indices(n - first, fps, num_frames, sample_fps)
     if max_frames > 0 and len(indices) > max_frames:
         indices = indices[view_order(len(indices), max_frames, "subsample")[:max_frames]]
         indices.sort()
@@ -209,7 +217,7 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, sample_fps:
 def view_order(n: int, max_views: int, policy: str = "subsample") -> list[int]:
     """The order in which to try a scene's ``n`` candidate views: with ``subsample`` and more than
     ``max_views`` candidates, ``max_views`` evenly spaced ones first, then the others as spares."""
-    if policy == "split" or max_views <= 0 or n <= max_views:
+    if policy != "subsample" or max_views <= 0 or n <= max_views:
         return list(range(n))
     chosen = np.unique(np.round(np.linspace(0, n - 1, max_views)).astype(int)).tolist()
     taken = set(chosen)
@@ -235,9 +243,10 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
                      max_views: int = 0, policy: str = "subsample", max_pixels: int = DEFAULT_MAX_PIXELS,
                      video_frames: int = 16, video_fps: float | None = None) -> dict:
     """Load and preprocess one scene. ``spec``: ``{"scene", "images": [paths], "frame_idx": [...]}``
-    or ``{"scene", "video": path}``. Returns a dict with ``images`` (S, H, W, 3) uint8 and per-view
-    ``frame_idx``, ``image_path``, ``orig_hw``, ``scale_xy``, ``offset_xy``, ``content_hw``; plus
-    ``errors`` (rows for the errors table) and ``skipped`` (candidates beyond the view budget)."""
+    or ``{"scene", "video": path}`` (frames from ``"window_s": [start, end]`` seconds of it when given).
+    Returns a dict with ``images`` (S, H, W, 3) uint8 and per-view ``frame_idx``, ``image_path``,
+    ``orig_hw``, ``scale_xy``, ``offset_xy``, ``content_hw``; plus ``errors`` (rows for the errors
+    table) and ``skipped`` (candidates beyond the view budget)."""
     import torch
     from tomeray.models.vggt.preprocess import preprocess_images
 
@@ -248,11 +257,12 @@ def load_scene_views(spec: dict, mode: str = "crop", size: int = 518, patch: int
 
     def fail(path: str, error: BaseException) -> None:
         errors.append({"path": path, "stage": "load", "error_type": type(error).__name__,
-                       "message": one_line(error)})
+                       "message": one_line(error) + link_note(path)})
 
     if "video" in spec:
         try:
-            indices, frames = read_video_frames(spec["video"], video_frames, video_fps, budget)
+            indices, frames = read_video_frames(spec["video"], video_frames, video_fps, budget,
+                                                spec.get("window_s"))
             loaded = [(int(i), spec["video"], f) for i, f in zip(indices, frames)]
         except (InputError, OSError, RuntimeError) as e:
             fail(spec["video"], e)

@@ -3,8 +3,11 @@
 ``SceneReconstructor`` builds the model once per actor (``create_vggt``: weights, merging) and
 turns a loaded scene (``operators.scene_load``) into cameras and a filtered point cloud:
 
-* views: a scene over ``max_views`` (policy ``split``) runs in chunks that all start with the
-  scene's first view (the anchor). VGGT's world frame is its first input's camera and its scale
+* views: a scene over ``max_views`` runs in several model calls. Policy ``chunks``: windows of
+  ``chunk`` views in capture order overlapping by ``overlap`` views, chained into view 0's frame
+  by robust Sim(3) fits over the shared views' points (``models.chunks``). Policy ``split``:
+  chunks that all start with the scene's first view (the anchor). VGGT's world frame is its
+  first input's camera and its scale
   is its own per call, so each later chunk is mapped onto the first by the similarity that makes
   its anchor coincide: rotation and translation from the anchor's two predicted poses, scale from
   the median ratio of the anchor's two depth maps (``chunk_alignment``);
@@ -14,7 +17,10 @@ turns a loaded scene (``operators.scene_load``) into cameras and a filtered poin
   ``conf_threshold`` and/or ``conf_percentile`` over the scene's pixels) and a seeded subsample to
   ``max_points``; colours are the model-input pixels the points came from;
 * cameras: extrinsics world-to-camera (OpenCV), intrinsics converted from the model input to the
-  original image's pixels (``original_intrinsics``).
+  original image's pixels (``original_intrinsics``); known intrinsics (``intrinsics``, one matrix
+  or one per image path) replace the predicted ones, depth being unprojected through them;
+* refinement (``refine["ba"]``): bundle adjustment of the cameras (``operators.scene_refine``),
+  after which depth is unprojected through the refined cameras.
 
 Failures of one scene (memory estimate over budget, CUDA out of memory, ...) become an error row
 (stage ``reconstruct``); the actor carries on with the next scene.
@@ -27,10 +33,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import numpy as np
 import torch
+from tomeray.models.chunks import align_chunks, overlapping_chunks
 from tomeray.models.device import autocast, resolve_device, resolve_precision
 from tomeray.models.errors import InputError, one_line
 from tomeray.models.pose import Sim3
@@ -40,11 +48,13 @@ from tomeray.models.vggt.geometry import (
     pose_encoding_to_extri_intri,
     unproject_depth_map_to_point_map,
 )
+from tomeray.operators.scene_refine import refine_cameras
 from tomeray.operators.worker import WorkerStart, cost_columns, measure, node_id
 
 __all__ = [
     "SceneReconstructor",
     "chunk_alignment",
+    "model_intrinsics",
     "original_intrinsics",
     "split_chunks",
 ]
@@ -100,6 +110,21 @@ def original_intrinsics(K: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarr
     return out
 
 
+def model_intrinsics(K: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray) -> np.ndarray:
+    """Intrinsics (V, 3, 3) of the original images -> of the model input (``original_intrinsics``
+    inverted)."""
+    K = np.asarray(K, np.float64)
+    sx, sy = scale_xy[:, 0], scale_xy[:, 1]
+    out = np.zeros_like(K)
+    out[:, 0, 0] = K[:, 0, 0] * sx
+    out[:, 1, 1] = K[:, 1, 1] * sy
+    out[:, 0, 1] = K[:, 0, 1] * sx
+    out[:, 0, 2] = (K[:, 0, 2] + 0.5) * sx - 0.5 + offset_xy[:, 0]
+    out[:, 1, 2] = (K[:, 1, 2] + 0.5) * sy - 0.5 + offset_xy[:, 1]
+    out[:, 2, 2] = 1.0
+    return out
+
+
 def content_mask(shape_hw: tuple[int, int], offset_xy: np.ndarray, content_hw: np.ndarray) -> np.ndarray:
     """(V, H, W) True where the model input shows the image (not padding)."""
     H, W = shape_hw
@@ -121,7 +146,8 @@ class SceneReconstructor:
     ``map_batches(..., batch_size=1, compute=ActorPoolStrategy(...))``."""
 
     def __init__(self, model: dict, points: dict | None = None, max_views: int = 0, policy: str = "subsample",
-                 device: str = "auto", precision: str = "auto", num_threads: int = 0):
+                 device: str = "auto", precision: str = "auto", num_threads: int = 0, chunk: int = 0,
+                 overlap: int = 0, refine: dict | None = None, intrinsics: dict | None = None):
         init_at, init_cpu_s = time.time(), time.process_time()
         if num_threads > 0:
             torch.set_num_threads(int(num_threads))
@@ -140,24 +166,38 @@ class SceneReconstructor:
         self.conf_percentile = p.get("conf_percentile")
         self.max_points = int(p.get("max_points") or 0)
         self.seed = int(p.get("seed", 0))
-        self.max_views = max_views if policy == "split" else 0
+        self.max_views = max_views if policy in ("split", "chunks") else 0
+        self.policy = policy
+        self.chunk, self.overlap = chunk or max_views, overlap or max(1, (chunk or max_views) // 2)
+        self.refine = refine if refine and refine.get("ba") else None
+        self.intrinsics = intrinsics  # pipeline.reconstruction.intrinsics.KnownIntrinsics as a dict
         self.node_id = node_id()
         self.start = WorkerStart.since(init_at, init_cpu_s)
         log.info("scene reconstructor ready: %s on %s (%s, %s)", cfg.arch, self.device, self.weights_id,
                  self.precision)
 
     # ------------------------------------------------------------------ model calls
+    def chunks(self, n: int) -> list[np.ndarray]:
+        """View indices of the model calls for ``n`` views."""
+        if self.policy == "chunks":
+            return overlapping_chunks(n, self.chunk, self.overlap)
+        return split_chunks(n, self.max_views)
+
     @torch.inference_mode()
-    def predict(self, images: np.ndarray, anchor_valid: np.ndarray | None = None
+    def predict(self, images: np.ndarray, anchor_valid: np.ndarray | None = None,
+                known_K: np.ndarray | None = None, valid: np.ndarray | None = None
                 ) -> tuple[dict[str, np.ndarray], int]:
         """uint8 (S, H, W, 3) -> extrinsic (S, 3, 4), intrinsic (S, 3, 3) of the model input, depth
         (S, H, W), points (S, H, W, 3) of ``source`` and their confidence (S, H, W), in the frame of
         view 0 (scenes over the split budget run in anchored chunks, aligned on the ``anchor_valid``
-        pixels of view 0); and the number of views whose field of view was clamped to ``FOV_RANGE``."""
+        pixels of view 0; policy ``chunks``: chained by fits on the ``valid`` (S, H, W) pixels, the
+        fits' records under ``"alignment"``); and the number of views whose field of view was
+        clamped to ``FOV_RANGE``. ``known_K`` (S, 3, 3): model-input intrinsics to use instead of
+        the predicted ones."""
         x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)  # Ray's arrays are read-only
         H, W = x.shape[-2:]
         outputs, clamped = [], 0
-        chunks = split_chunks(len(x), self.max_views)
+        chunks = self.chunks(len(x))
         for chunk in chunks:
             batch = x[torch.from_numpy(chunk)].to(self.device).float().div_(255)
             with autocast(self.device, self.precision):
@@ -167,6 +207,8 @@ class SceneReconstructor:
             clamped += int(((fov < FOV_RANGE[0]) | (fov > FOV_RANGE[1])).any(-1).sum())
             pose = torch.cat([pose[:, :7], fov.clamp(*FOV_RANGE)], dim=-1)
             extrinsic, intrinsic = pose_encoding_to_extri_intri(pose, (H, W))
+            if known_K is not None:
+                intrinsic = torch.from_numpy(known_K[chunk]).to(extrinsic)
             depth = out["depth"][0, ..., 0].float()
             if self.source == "depth":
                 points = unproject_depth_map_to_point_map(depth, extrinsic, intrinsic)
@@ -177,6 +219,9 @@ class SceneReconstructor:
                             "intrinsic": _numpy(intrinsic, np.float64),
                             "depth": _numpy(depth), "points": _numpy(points), "conf": _numpy(conf)})
             del out, batch
+        if self.policy == "chunks" and len(chunks) > 1:
+            merged, records = align_chunks(outputs, chunks, valid)
+            return {**merged, "alignment": records}, clamped
         return self._assemble(outputs, chunks, anchor_valid), clamped
 
     @staticmethod
@@ -202,12 +247,28 @@ class SceneReconstructor:
 
     # ------------------------------------------------------------------ one scene
     def reconstruct(self, images: np.ndarray, scale_xy: np.ndarray, offset_xy: np.ndarray,
-                    content_hw: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+                    content_hw: np.ndarray, orig_hw: np.ndarray | None = None,
+                    image_path: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """Cameras (original-image intrinsics) and filtered points of one scene, plus statistics."""
         started = time.perf_counter()
         content = content_mask(images.shape[1:3], offset_xy, content_hw)
-        pred, clamped = self.predict(images, content[0])
+        known = self._known_intrinsics(image_path, orig_hw)
+        known_in = None if known is None else model_intrinsics(known, scale_xy, offset_xy)
+        pred, clamped = self.predict(images, content[0], known_in, content)
+        alignment = pred.pop("alignment", None)
         seconds = time.perf_counter() - started
+        intrinsic = original_intrinsics(pred["intrinsic"], scale_xy, offset_xy) if known is None else known
+        refine = None
+        if self.refine is not None and orig_hw is not None:
+            extrinsic, intrinsic, refine = refine_cameras(
+                images, content, pred["extrinsic"], intrinsic, scale_xy, offset_xy, orig_hw, self.refine,
+                fixed_intrinsics=known is not None, model=self.model, chunks=self.chunks(len(images)),
+                device=self.device, precision=self.precision)
+            if refine["applied"]:
+                pred["extrinsic"] = extrinsic
+                if self.source == "depth":  # the points follow the refined cameras
+                    pred["points"] = unproject_depth_map_to_point_map(
+                        pred["depth"], extrinsic, model_intrinsics(intrinsic, scale_xy, offset_xy))
         if clamped:
             log.warning("%d view(s) had a degenerate field of view, clamped to %s rad (untrained weights?)",
                         clamped, FOV_RANGE)
@@ -221,7 +282,7 @@ class SceneReconstructor:
             idx = np.sort(np.random.default_rng(self.seed).choice(idx, self.max_points, replace=False))
         result = {
             "extrinsic": pred["extrinsic"],
-            "intrinsic": original_intrinsics(pred["intrinsic"], scale_xy, offset_xy),
+            "intrinsic": intrinsic,
             "xyz": pred["points"].reshape(-1, 3)[idx],
             "rgb": images.reshape(-1, 3)[idx],
             "confidence": pred["conf"].reshape(-1)[idx],
@@ -229,10 +290,34 @@ class SceneReconstructor:
         }
         stats = {"views": S, "points_valid": int(valid.sum()), "points_confident": candidates,
                  "points": len(idx), "model_seconds": round(seconds, 3), "model_hw": [H, W],
-                 "chunks": len(split_chunks(S, self.max_views)), "clamped_fov_views": clamped,
+                 "chunks": len(self.chunks(S)), "clamped_fov_views": clamped,
                  "device": str(self.device),
-                 "precision": self.precision, "weights_id": self.weights_id}
+                 "precision": self.precision, "weights_id": self.weights_id,
+                 "intrinsics": "given" if known is not None else "predicted"}
+        if alignment is not None:
+            stats["alignment"] = alignment
+        if refine is not None:
+            stats["refine"] = refine
         return result, stats
+
+    def _known_intrinsics(self, image_path: list[str] | None, orig_hw: np.ndarray | None
+                          ) -> np.ndarray | None:
+        """The given intrinsics of the scene's views (None when none were given): ``intrinsics`` is
+        ``{"path", "default": 3x3 | None, "size": [w, h] | None, "by_path": {real path: 3x3}}``."""
+        known = self.intrinsics
+        if not known or image_path is None:
+            return None
+        out = []
+        for i, path in enumerate(image_path):
+            K = known.get("default") or known.get("by_path", {}).get(os.path.realpath(path))
+            if K is None:
+                raise InputError(f"{known['path']}: image_path {path} is not listed")
+            size = known.get("size")
+            if size and orig_hw is not None and [int(orig_hw[i][1]), int(orig_hw[i][0])] != list(size):
+                raise InputError(f"{known['path']} is for {size[0]}x{size[1]} images; {path} is "
+                                 f"{orig_hw[i][1]}x{orig_hw[i][0]}")
+            out.append(K)
+        return np.asarray(out, np.float64)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(batch["scene"]) != 1:
@@ -266,7 +351,7 @@ class SceneReconstructor:
                 result, stats = self.reconstruct(
                     images, np.asarray(batch["scale_xy"][0], np.float64).reshape(-1, 2),
                     np.asarray(batch["offset_xy"][0], np.float64).reshape(-1, 2),
-                    np.asarray(batch["content_hw"][0], np.int64).reshape(-1, 2))
+                    np.asarray(batch["content_hw"][0], np.int64).reshape(-1, 2), orig_hw, image_path)
             except (InputError, torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
                 if isinstance(e, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()

@@ -15,10 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (P + "video.demo", "index the opencv-doc sample videos, then search them (the quick start)"),
     "index": (P + "video.cli", "embed a video corpus into a FAISS + Parquet index (resumable)"),
     "search": (P + "video.search_cli", "search an index with a text query or a video"),
-    "serve": (P + "video.serve.cli", "serve indexes over HTTP: a JSON API and a search page"),
+    "serve": (P + "service.cli", "serve indexes and reconstructions over HTTP: API, search page, 3D viewer"),
     "train": (P + "training.cli", "fine-tune TempMe's adapter on video-caption pairs (Ray Train, resumable)"),
     "eval-retrieval": (P + "training.eval_cli", "text-video retrieval metrics (R@K, MdR, MnR) of an encoder"),
-    "reconstruct": (P + "reconstruction.cli", "reconstruct cameras and point clouds from image folders"),
+    "reconstruct": (P + "service.from_index",
+                    "cameras and point clouds from image folders, videos or an index"),
     "config": (P + "config_cli", "print a job's resolved configuration (defaults + overrides)"),
 }
 

@@ -14,6 +14,7 @@ JOBS = {
     "index": ("tomeray.pipeline.video.config", "IndexConfig", "index"),
     "search": ("tomeray.pipeline.video.config", "SearchConfig", "search"),
     "serve": ("tomeray.pipeline.video.serve.config", "ServeConfig", "serve"),
+    "scenes": ("tomeray.pipeline.service.config", "ScenesConfig", "scenes"),
     "reconstruct": ("tomeray.pipeline.reconstruction.config", "ReconConfig", "reconstruct"),
     "train": ("tomeray.pipeline.training.config", "TrainConfig", "train"),
     "eval-retrieval": ("tomeray.pipeline.training.config", "EvalConfig", "eval_retrieval"),

@@ -115,3 +115,21 @@ def server(served_index):
     options = ["--port", "0", "--token", TOKEN, "server.torch_threads=1", "inference.device=cpu"]
     with Server([str(served_index), *options], timeout=300) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def served_recon(ray_local, opencv_data, tmp_path_factory) -> Path:
+    """'tomeray reconstruct' of opencv-doc chessboard views (random vggt-tiny weights), with GLB."""
+    import shutil
+
+    from tomeray.pipeline.reconstruction.cli import main
+
+    root = tmp_path_factory.mktemp("served-recon")
+    (root / "scenes" / "chess board").mkdir(parents=True)
+    for name in ("left01.jpg", "left02.jpg", "left03.jpg", "left04.jpg"):
+        shutil.copy(opencv_data / name, root / "scenes" / "chess board" / name)
+    out = root / "recon"
+    code = main([str(root / "scenes"), "--out", str(out), "model.arch=vggt-tiny", "model.pretrained=none",
+                 "ray.progress=false", "points.max_points=20000", "export.glb=true"])
+    assert code == 0, f"tomeray reconstruct exited with {code}"
+    return out

@@ -89,9 +89,10 @@ def corpus(n: int, seed: int = 0, dim: int = DIM):
     return ids, paths, starts, durations, vectors
 
 
-def write_synthetic(root, n=240, parts=3, factory="flat", seed=0, identity=None, dim=DIM):
+def write_synthetic(root, n=240, parts=3, factory="flat", seed=0, identity=None, dim=DIM, same=None):
     """An index of random unit vectors in the real layout (shards, FAISS, manifest); ``identity``: the
-    model the manifest names (default a stand-in, for tests that never build the encoder)."""
+    model the manifest names (default a stand-in, for tests that never build the encoder); ``same``:
+    {row: vector} rows given a vector of the caller's instead (ties made on purpose)."""
     from tomeray.pipeline.video.config import FaissConfig
     from tomeray.pipeline.video.job import finish_index
     from tomeray.pipeline.video.layout import IndexLayout, index_header
@@ -100,6 +101,8 @@ def write_synthetic(root, n=240, parts=3, factory="flat", seed=0, identity=None,
     sampling = {"fps": None, "segment_s": 2.0, "num_frames": 4}
     manifest = layout.open(index_header(identity or IDENTITY, "random-init(seed=0)", dim, sampling, None))
     ids, paths, starts, durations, vectors = corpus(n, seed, dim)
+    for row, vector in (same or {}).items():
+        vectors[row] = vector
     for p, rows in enumerate(np.array_split(np.arange(n), parts)):
         layout.write_embeddings(shard(ids[rows], [paths[i] for i in rows], [starts[i] for i in rows],
                                       [durations[i] for i in rows], vectors[rows]), f"test-{p:05d}")

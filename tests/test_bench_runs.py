@@ -65,3 +65,41 @@ def test_bench_shots_rows_at_a_tiny_scale(tmp_path):
     assert all(0 <= r["detect_share"] < 1 and r["embed_cpu_s_per_min"] > 0 for r in costs.values())
     speed = [r for r in rows if r["stage"] == "speed"][0]
     assert speed["max_abs_diff"] < 1e-5 and speed["frames_per_s"] > 0  # fp32, windows of 100: parity
+
+
+def test_bench_viewer_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "viewer.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tomeray.jobs.bench_viewer", "--points", "2000,5000", "--repeats", "1",
+         "--hit-views", "2", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    points = [r for r in rows if r["stage"] == "points"]
+    assert [r["points"] for r in points] == [2000, 5000]
+    for r in points:
+        assert r["served_points"] == r["points"] and r["bytes"] == 20 * r["points"]
+        assert {"server_ms", "inprocess_ms", "http_ratio", "rss_growth_mb", "browser_ms"} <= set(r)
+        assert r["server_ms"] > 0 and r["browser_ms"] > 0
+    assert [r["stage"] for r in rows if r["stage"].startswith("hit")] == ["hit-cold", "hit-warm"]
+    assert "random-init vggt-tiny" in result.stdout
+
+
+def test_bench_alignment_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "alignment.json"
+    subprocess.run([sys.executable, "-m", "tomeray.jobs.bench_alignment", "--views", "120", "--chunk", "30",
+                    "--overlap", "15", "--ba-views", "6", "--ba-points", "100", "--json", str(out)],
+                   check=True, capture_output=True, text=True, cwd=REPO, timeout=240)
+    rows = json.loads(out.read_text())["rows"]
+    aligned = {r["policy"]: r for r in rows if r["stage"] == "alignment"}
+    assert set(aligned) == {"split", "chunks"}
+    for r in aligned.values():
+        assert r["views"] == 120 and {"ate_rel", "rpe_deg", "seconds"} <= set(r)
+    assert aligned["chunks"]["ate_rel"] <= 0.01 < aligned["split"]["ate_rel"]
+    for stage in ("refine", "chessboard"):
+        refined = {r["refine"]: r for r in rows if r["stage"] == stage}
+        assert set(refined) == {"none", "ba"}
+        assert refined["ba"]["pose_err_mm"] < refined["none"]["pose_err_mm"]
+        assert refined["ba"]["reproj_px_after"] < refined["ba"]["reproj_px_before"]
+    (board,) = [r for r in rows if r["stage"] == "chessboard" and r["refine"] == "ba"]
+    assert board["pose_err_mm"] <= 1.0 and board["pose_err_deg"] <= 0.2

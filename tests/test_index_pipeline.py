@@ -29,7 +29,8 @@ FAST = [f"model.{k}={v}" for k, v in MODEL.items()] + ["inference.device=cpu", "
 GOOD = ["vtest.avi", "Megamind.avi", "tree.avi", "Megamind_bugy.avi", "one frame.avi", "odd 321x243.avi",
         "five frames.avi", "ñandú 視頻.avi"]
 BAD = {"zero.mp4": "decode", "text.mp4": "decode", "truncated.avi": "decode", "corrupt.avi": "decode",
-       "gone.mp4": "discover"}
+       "gone.mp4": "discover", "dangling.avi": "discover", "linked.avi": "decode"}
+UNDISCOVERED = 2  # gone.mp4 (a missing list entry) and dangling.avi never reach the graph
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -69,6 +70,10 @@ def corpus(tmp_path_factory, opencv_data):
     for offset in range(100_000, len(data) - 4000, 50_000):
         data[offset : offset + 2000] = rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
     (media / "corrupt.avi").write_bytes(bytes(data))
+    (media / "dangling.avi").symlink_to("/nonexistent/file.avi")  # a link whose target is gone
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "damaged.avi").write_bytes(vtest[:2_000_000])
+    (media / "linked.avi").symlink_to(root / "elsewhere" / "damaged.avi")  # a link to a damaged file
     listing = root / "list.txt"
     names = ["vtest.avi", "Megamind.avi", "tree.avi", "Megamind_bugy.avi"]
     listing.write_text("\n".join([str(opencv_data / n) for n in names] + [str(root / "gone.mp4")]) + "\n")
@@ -80,7 +85,7 @@ def built(ray_local, corpus, tmp_path_factory):
     """The corpus indexed once through the CLI entry point."""
     out = tmp_path_factory.mktemp("index") / "idx"
     code = main([str(corpus["media"]), str(corpus["list"]), "--out", str(out), *FAST])
-    return {"out": out, "code": code, "layout": IndexLayout(out)}
+    return {"out": out, "code": code, "layout": IndexLayout(out), "media": corpus["media"]}
 
 
 def by_name(table):
@@ -108,6 +113,12 @@ def test_bad_inputs_land_in_the_errors_table(built):
     reasons = {Path(e["path"]).name: e["message"] for e in errors}
     assert "truncated" in reasons["truncated.avi"] and "damaged" in reasons["corrupt.avi"]
     assert "empty" in reasons["zero.mp4"]
+    # links are named as the user's tree shows them, with where they lead in the message
+    rows = {Path(e["path"]).name: e for e in errors}
+    assert rows["dangling.avi"]["path"] == str(built["media"] / "dangling.avi")
+    assert "/nonexistent/file.avi" in reasons["dangling.avi"] and "does not exist" in reasons["dangling.avi"]
+    assert rows["linked.avi"]["path"] == str(built["media"] / "linked.avi")
+    assert "elsewhere/damaged.avi" in reasons["linked.avi"] and "truncated" in reasons["linked.avi"]
 
 
 def test_manifest_config_and_run_record(built):
@@ -121,7 +132,7 @@ def test_manifest_config_and_run_record(built):
     (record,) = (layout.root / "runs").glob("*.json")
     run = json.loads(record.read_text())
     assert (run["indexed"], run["skipped"], run["failed"]) == (len(GOOD), 0, len(BAD))
-    assert sum(run["embed_nodes"].values()) == len(GOOD) + len(BAD) - 1  # every video but the undiscovered
+    assert sum(run["embed_nodes"].values()) == len(GOOD) + len(BAD) - UNDISCOVERED
     assert not list(layout.root.rglob("*.tmp"))
 
 
@@ -143,7 +154,7 @@ def test_run_record_breaks_down_start_up_and_stage_costs(built):
     assert cpu["embed_actors"] >= 1 and cpu["driver_cpu_s"] > 0
     assert all(cpu[f"embed_{k}"] >= 0 for k in ("boot_cpu_s", "import_cpu_s", "build_cpu_s"))
     costs = run["costs"]
-    assert costs["items"] == len(GOOD) + len(BAD) - 1  # everything that went through the graph
+    assert costs["items"] == len(GOOD) + len(BAD) - UNDISCOVERED  # everything that went through the graph
     assert costs["cpu_s_per_item"]["decode"] > 0 and costs["cpu_s_per_item"]["embed"] > 0
     assert costs["valid"] and 0 < costs["efficiency"] <= 1 and 0 <= costs["efficiency_steady"] <= 1
     assert costs["bound_kind"] == "cpu" and costs["items_per_s"] <= costs["bound_per_s"]

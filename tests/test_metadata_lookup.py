@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
+from ranking import assert_same_ranking
 from serving import DIM, IDENTITY, shard, write_synthetic
 from tomeray.models.errors import InputError
 from tomeray.pipeline.video.faiss_index import build_index
@@ -167,8 +168,8 @@ def test_searcher_pages_filters_and_more_like_this(synthetic):
     assert len(beyond) == 4
     cats = searcher.search_embeddings(query, k=15, filters=SearchFilters(path_prefix="/corpus/cats/"))[0]
     assert len(cats) == 15 and all(r.path.startswith("/corpus/cats/") for r in cats)
-    expected = [r.video_id for r in whole if r.path.startswith("/corpus/cats/")]
-    assert [r.video_id for r in cats][: len(expected)] == expected[:15]
+    expected = [(r.video_id, r.score) for r in whole if r.path.startswith("/corpus/cats/")][:15]
+    assert_same_ranking([(r.video_id, r.score) for r in cats][: len(expected)], expected)
     like = searcher.search_like(int(ids[9]), k=5)
     assert int(ids[9]) not in [r.video_id for r in like] and len(like) == 5
     np.testing.assert_allclose(searcher.embedding_of(int(ids[9])), vectors[9], rtol=0, atol=0)

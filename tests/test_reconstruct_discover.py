@@ -68,7 +68,7 @@ def test_scene_lists(tmp_path, cfg):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("views.policy=sometimes", "views.policy must be subsample or split"),
+    ("views.policy=sometimes", "views.policy must be chunks, subsample or split"),
     ("load.size=500", "multiple of 14"),
     ("model.arch=vggt-huge", "unknown VGGT arch"),
     ("views.nonsense=1", "unknown config key 'views.nonsense'"),

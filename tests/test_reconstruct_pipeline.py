@@ -74,6 +74,10 @@ def scenes(tmp_path_factory, opencv_data):
     (root / "broken").mkdir()
     (root / "broken" / "a.jpg").write_bytes(data[:1000])
     (root / "broken" / "b.png").write_text("nope")
+    (root / "broken" / "c.jpg").symlink_to("/nonexistent/file.jpg")  # a link whose target is gone
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # outside the scenes folder
+    (elsewhere / "damaged.jpg").write_bytes(data[:2000])
+    (root / "broken" / "d.jpg").symlink_to(elsewhere / "damaged.jpg")  # a link to a damaged file
     (root / "empty").mkdir()
     write_video(root / "clip.avi")
     return root
@@ -150,12 +154,19 @@ def test_bad_inputs_land_in_the_errors_table(run, scenes):
         ("mixed", "trunc.jpg", "load", "ImageReadError"),
         ("broken", "a.jpg", "load", "ImageReadError"),
         ("broken", "b.png", "load", "ImageReadError"),
+        ("broken", "c.jpg", "load", "ImageReadError"),
+        ("broken", "d.jpg", "load", "ImageReadError"),
         ("broken", "broken", "load", "NoUsableImages"),  # a scene-level error: its folder
         ("empty", "empty", "discover", "NoImages"),
     }
     messages = {e["path"].rsplit("/", 1)[-1]: e["message"] for e in errors.to_pylist()}
     assert {e["input"] for e in errors.to_pylist()} == {str(scenes)}  # the input as the user gave it
     assert "truncated" in messages["trunc.jpg"] and "max_pixels" in messages["huge.jpg"]
+    # links are named as the user's tree shows them, with where they lead in the message
+    paths = {e["path"] for e in errors.to_pylist()}
+    assert {str(scenes / "broken" / "c.jpg"), str(scenes / "broken" / "d.jpg")} <= paths
+    assert "/nonexistent/file.jpg" in messages["c.jpg"] and "does not exist" in messages["c.jpg"]
+    assert "elsewhere0/damaged.jpg" in messages["d.jpg"] and "truncated" in messages["d.jpg"]
 
 
 def test_exports_parse_back(run):

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from ranking import assert_same_ranking, hits
 from serving import SEGMENT_S, TOKEN, WEBM, InProcessServer, build_index
 from tomeray.pipeline.video.search import VideoSearcher
 
@@ -78,8 +79,7 @@ def test_range_requests(api, served_corpus):
 def test_text_search_equals_the_searcher_and_pages_add_up(api, searcher):
     expected = searcher.search("people walking", k=8)
     body = get(api, "/api/search", q="people walking", k=8)
-    assert [int(h["video_id"]) for h in body["results"]] == [r.video_id for r in expected]
-    np.testing.assert_allclose([h["score"] for h in body["results"]], [r.score for r in expected], atol=1e-5)
+    assert_same_ranking(hits(body), [(r.video_id, r.score) for r in expected])
     pages = [get(api, "/api/search", q="people walking", k=3, offset=o) for o in (0, 3, 6)]
     paged = [h["video_id"] for p in pages for h in p["results"]]
     assert paged[:8] == [h["video_id"] for h in body["results"]]
@@ -96,7 +96,7 @@ def test_more_like_this_uses_the_stored_embedding(api, searcher):
     seed = get(api, "/api/search", q="people", k=1)["results"][0]
     body = get(api, "/api/search", like=seed["video_id"], k=5)
     expected = searcher.search_like(int(seed["video_id"]), k=5)
-    assert [int(h["video_id"]) for h in body["results"]] == [r.video_id for r in expected]
+    assert_same_ranking(hits(body), [(r.video_id, r.score) for r in expected])
     assert seed["video_id"] not in [h["video_id"] for h in body["results"]]
 
 
@@ -123,16 +123,16 @@ def test_filters_select_before_ranking(api, searcher):
              ({"duration_min": 4.8, "duration_max": 11.5}, lambda h: 4.8 <= h["duration_s"] <= 11.5),
              ({"time_min": 4.5, "time_max": 7}, lambda h: h["end_s"] > 4.5 and h["start_s"] <= 7)]
     for filters, keep in cases:
-        wanted = [h["video_id"] for h in every if keep(h)]
+        wanted = [(int(h["video_id"]), h["score"]) for h in every if keep(h)]
         assert 0 < len(wanted) < n, filters
         body = get(api, "/api/search", q="people", k=len(wanted) + 5, **filters)
-        assert [h["video_id"] for h in body["results"]] == wanted, filters  # all of them, in rank order
+        assert_same_ranking(hits(body), wanted, cut=False)  # all of them, in rank order
         assert body["matches"] == len(wanted) and body["complete"] and not body["has_more"]
         page = get(api, "/api/search", q="people", k=1, offset=1, **filters)
-        assert [h["video_id"] for h in page["results"]] == wanted[1:2]
+        assert page["results"] == body["results"][1:2]
     posted = api("POST", "/api/search", json={"q": "people", "k": 50, "filters": {"path_glob": "*.webm"}})
-    assert [h["video_id"] for h in posted.json()["results"]] == [h["video_id"] for h in every
-                                                                  if h["path"].endswith(".webm")]
+    assert_same_ranking(hits(posted.json()), [(int(h["video_id"]), h["score"]) for h in every
+                                              if h["path"].endswith(".webm")], cut=False)
 
 
 def test_one_video_stats_and_health(api, searcher, served_corpus):

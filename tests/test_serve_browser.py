@@ -18,8 +18,8 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--autoplay-policy=no-user-gesture-required", "--mute-audio"]
 
 
-@pytest.fixture
-def browser(tmp_path):
+def start_chromium(tmp_path, flags=CHROMIUM_FLAGS):
+    """Debian's Chromium driven by selenium, with a profile under ``tmp_path`` (the caller quits it)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -29,10 +29,16 @@ def browser(tmp_path):
                     "(or apt-get install -y chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+    for flag in [*flags, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         options.add_argument(flag)
     session = webdriver.Chrome(service=Service(driver), options=options)
     session.set_page_load_timeout(60)
+    return session
+
+
+@pytest.fixture
+def browser(tmp_path):
+    session = start_chromium(tmp_path)
     yield session
     session.quit()
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from ranking import assert_same_ranking, hits
 from serving import corpus, shard, write_synthetic
 from tomeray.models.errors import InputError
 from tomeray.models.tempme import VideoModelConfig, create_video_encoder
@@ -78,20 +79,45 @@ def two_indexes(identity, encoder, tmp_path_factory):
 def test_two_indexes_are_searched_together(two_indexes):
     service, (ids_a, _, _, _, va), (ids_b, _, _, _, vb) = two_indexes
     assert [i.name for i in service.indexes] == ["a", "b"] and service.stats()["rows"] == 64
-    query = va[3] + vb[5]
+    query = va[3] + vb[5]  # a row of each index on top, with (nearly) equal scores
     body = service.search(Query(vector=query, k=64))
     every = np.concatenate([va, vb]) @ (query / np.linalg.norm(query))
-    expected = np.concatenate([ids_a, ids_b])[np.argsort(-every, kind="stable")]
-    assert [int(h["video_id"]) for h in body["results"]] == expected.tolist()
+    expected = sorted(zip(np.concatenate([ids_a, ids_b]).tolist(), every.tolist()), key=lambda p: -p[1])
+    assert_same_ranking(hits(body), expected, cut=False)
     assert {h["index"] for h in body["results"][:2]} == {"a", "b"}
     page = service.search(Query(vector=query, k=5, offset=5))
-    assert [int(h["video_id"]) for h in page["results"]] == expected[5:10].tolist() and page["has_more"]
+    assert page["results"] == body["results"][5:10] and page["has_more"]  # one fixed order, sliced
     liked = service.search(Query(like=int(ids_b[0]), k=3))
     assert int(ids_b[0]) not in [int(h["video_id"]) for h in liked["results"]]
     filtered = service.search(Query(vector=query, k=64, filters=SearchFilters(path_glob="*.webm")))
     assert filtered["matches"] == sum(h["path"].endswith(".webm") for h in body["results"])
     with pytest.raises(NotFound):
         service.search(Query(like=12345, k=3))
+
+
+def test_hits_of_equal_score_come_in_index_order_then_by_id(identity, encoder, tmp_path):
+    """A deliberate exact tie: one vector stored under two ids of index "b" and one id of index "a"
+    (given second and first). Every score is computed from the same bits, so the three tie exactly;
+    the documented order is score, then the order the indexes were given, then id, on every page."""
+    ident, dim = identity
+    tie = corpus(1, seed=11, dim=dim)[4][0]
+    a, (ids_a, *_) = write_synthetic(tmp_path / "a", n=12, parts=1, seed=4, identity=ident, dim=dim,
+                                     same={9: tie})
+    b, (ids_b, *_) = write_synthetic(tmp_path / "b", n=12, parts=1, seed=5, identity=ident, dim=dim,
+                                     same={2: tie, 7: tie})
+    service = serve([a.root, b.root], encoder)
+    try:
+        body = service.search(Query(vector=tie, k=5))
+        top = body["results"][:3]
+        assert len({h["score"] for h in top}) == 1 and body["results"][3]["score"] < top[0]["score"]
+        order = [(h["index"], int(h["video_id"])) for h in top]
+        assert order == [("a", int(ids_a[9]))] + sorted([("b", int(ids_b[2])), ("b", int(ids_b[7]))],
+                                                          key=lambda h: h[1])
+        for offset in range(4):  # pages of one hit each: the same order, no hit twice or skipped
+            page = service.search(Query(vector=tie, k=1, offset=offset))["results"]
+            assert page == body["results"][offset : offset + 1]
+    finally:
+        service.close()
 
 
 def test_a_row_in_two_indexes_is_one_hit(identity, encoder, tmp_path):

@@ -52,11 +52,16 @@ def run(args: list[str], env: dict, timeout: float = 600) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def data(opencv_data, tmp_path_factory):
-    """16 good clips with distinct captions, plus three bad rows: a missing video, an empty caption
-    and a truncated video (which fails only when decoded)."""
+    """16 good clips with distinct captions, plus five bad rows: a missing video, an empty caption,
+    a truncated video (which fails only when decoded), a link whose target is gone and a link to a
+    damaged video."""
     root = tmp_path_factory.mktemp("pairs")
     truncated = root / "cut.avi"
     truncated.write_bytes((opencv_data / "tree.avi").read_bytes()[:300_000])
+    (root / "dangling.avi").symlink_to("/nonexistent/file.avi")
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "damaged.avi").write_bytes((opencv_data / "tree.avi").read_bytes()[:200_000])
+    (root / "linked.avi").symlink_to(root / "elsewhere" / "damaged.avi")
     rows, k = [], 0
     for name, duration, count in SEGMENTS:
         for i in range(count):
@@ -68,7 +73,9 @@ def data(opencv_data, tmp_path_factory):
     good = list(rows)
     rows += [{"path": "missing.avi", "caption": "a video that is not there", "start_s": "", "end_s": ""},
              {"path": str(opencv_data / "tree.avi"), "caption": " ", "start_s": 0, "end_s": 1},
-             {"path": "cut.avi", "caption": "a damaged video", "start_s": "", "end_s": ""}]
+             {"path": "cut.avi", "caption": "a damaged video", "start_s": "", "end_s": ""},
+             {"path": "dangling.avi", "caption": "a broken link", "start_s": "", "end_s": ""},
+             {"path": "linked.avi", "caption": "a link to a damaged video", "start_s": "", "end_s": ""}]
     with open(root / "pairs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["path", "caption", "start_s", "end_s"])
         writer.writeheader()
@@ -145,17 +152,23 @@ def test_a_killed_driver_resumes_from_the_last_checkpoint(trained):
 def test_training_lowers_the_loss_and_raises_text_to_video_recall(trained, clips, after):
     losses = [e["train_loss"] for e in trained["metrics"]["epochs"]]
     assert losses[-1] < losses[0], losses
-    # 17 pairs, 2 steps of 8: 16 slots per epoch; the truncated clip's slot, when drawn, is left out
-    assert all(e["clips"] in (15, 16) for e in trained["metrics"]["epochs"])
+    # 18 pairs, 2 steps of 8: 16 slots per epoch; the two damaged clips' slots, when drawn, are left out
+    assert all(e["clips"] in (14, 15, 16) for e in trained["metrics"]["epochs"])
     before = retrieval(clips, None)
     assert after["t2v"]["R@1"] > before["t2v"]["R@1"], (before, after)
 
 
 def test_unusable_rows_are_in_the_errors_table(trained):
-    errors = {(Path(e["item"].split("@")[0]).name, e["stage"], e["error_type"])
-              for e in trained["layout"].read_errors().to_pylist()}
+    rows = trained["layout"].read_errors().to_pylist()
+    errors = {(Path(e["path"]).name, e["stage"], e["error_type"]) for e in rows}
     assert errors == {("missing.avi", "load", "MissingVideo"), ("tree.avi", "load", "EmptyCaption"),
-                      ("cut.avi", "decode", "TruncatedVideoError")}
+                      ("cut.avi", "decode", "TruncatedVideoError"), ("dangling.avi", "load", "MissingVideo"),
+                      ("linked.avi", "decode", "TruncatedVideoError")}
+    # links are named as the table names them, with where they lead in the message
+    messages = {Path(e["path"]).name: e["message"] for e in rows}
+    assert "/nonexistent/file.avi" in messages["dangling.avi"]
+    assert "does not exist" in messages["dangling.avi"]
+    assert "elsewhere/damaged.avi" in messages["linked.avi"]
     assert "error [decode]" in trained["rerun"].stdout
 
 

@@ -80,6 +80,21 @@ def test_bad_rows_become_error_rows_and_the_rest_is_used(videos, tmp_path):
     assert all(e["input"] == str(table) for e in clips.errors)
 
 
+def test_links_are_named_as_the_table_names_them(videos, tmp_path):
+    """A link whose target is gone is a missing video named by the link, with its target in the
+    message; a good link is used under the table's name and keyed by the file it leads to."""
+    (tmp_path / "dangling.avi").symlink_to("/nonexistent/file.avi")
+    (tmp_path / "alias.avi").symlink_to(videos[3])
+    rows = [("dangling.avi", "broken", "", ""), ("alias.avi", "a link", "", "")]
+    table = write_table(tmp_path / "links.csv", rows)
+    clips = load_clips(table, DataConfig())
+    (error,) = clips.errors
+    assert error["error_type"] == "MissingVideo" and error["path"] == str(tmp_path / "dangling.avi")
+    assert "/nonexistent/file.avi" in error["message"] and "does not exist" in error["message"]
+    (clip,) = clips.clips
+    assert clip.path == str(tmp_path / "alias.avi") and clip.key == str(videos[3].resolve())
+
+
 def test_missing_columns_and_unknown_sources_are_clear_errors(videos, tmp_path):
     (tmp_path / "t.csv").write_text("video,text\na.avi,x\n")
     with pytest.raises(InputError, match="no 'path' column"):

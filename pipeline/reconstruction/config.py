@@ -14,7 +14,8 @@ from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.core.config import config_to_dict
 from tomeray.pipeline.core.graph import ActorPoolConfig, RayJobConfig, TaskPoolConfig
 
-__all__ = ["ExportConfig", "LoadConfig", "PointsConfig", "ReconConfig", "VideoConfig", "ViewsConfig",
+__all__ = ["CamerasConfig", "ExportConfig", "LoadConfig", "PointsConfig", "ReconConfig", "RefineConfig",
+           "VideoConfig", "ViewsConfig",
            "pinned_settings", "resolve_weights_id", "validate"]
 
 
@@ -39,7 +40,11 @@ class VideoConfig:
 @dataclass
 class ViewsConfig:
     max_views: int = 64  # views per model call
-    policy: str = "subsample"  # subsample: evenly spaced views; split: all views, in anchored chunks
+    # chunks: all views, in overlapping chunks chained by Sim(3) fits; subsample: evenly spaced
+    # views; split: all views, in chunks anchored on view 0
+    policy: str = "chunks"
+    chunk: int | None = None  # views per chunk (policy chunks; None: max_views)
+    overlap: int | None = None  # views shared by neighbouring chunks (None: half a chunk)
 
 
 @dataclass
@@ -57,6 +62,28 @@ class ExportConfig:
     ply_confidence: bool = True  # add a confidence property to the PLY vertices
     colmap: bool = False  # colmap/<scene>/{cameras,images,points3D}.txt
     colmap_max_points: int = 100_000  # points3D subsample (seeded)
+    glb: bool = False  # glb/<scene>.glb: points and camera frustums (binary glTF, trimesh)
+    colmap_binary: bool = False  # colmap/<scene>/sparse/0/*.bin + images/ links (splatting tools)
+    camera_model: str = "PINHOLE"  # PINHOLE | SIMPLE_PINHOLE (of the binary model)
+    shared_camera: bool = False  # one camera for all images of a scene (binary model)
+
+
+@dataclass
+class RefineConfig:
+    ba: bool = False  # bundle adjustment of the predicted cameras (pycolmap)
+    tracks: str = "features"  # features: OpenCV SIFT | vggt: the model's track head
+    refine_intrinsics: bool = False  # refine focal lengths (never with cameras.intrinsics)
+    loss: str = "huber"  # trivial | huber | soft_l1 | cauchy
+    loss_scale_px: float = 4.0
+    max_iterations: int = 100
+    max_features: int = 2048  # SIFT keypoints per view
+    match_window: int = 0  # match views at most this far apart in capture order (0: all pairs)
+    max_query_points: int = 512  # vggt tracks: query points per chunk
+
+
+@dataclass
+class CamerasConfig:
+    intrinsics: str | None = None  # OpenCV YAML (camera_matrix / M1), COLMAP cameras.txt, or CSV
 
 
 @dataclass
@@ -67,6 +94,8 @@ class ReconConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     points: PointsConfig = field(default_factory=PointsConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    cameras: CamerasConfig = field(default_factory=CamerasConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     # load tasks of half a CPU and 1 GB; one VGGT actor of a whole CPU per GPU, or one on CPU-only clusters
     ray: RayJobConfig = field(default_factory=lambda: RayJobConfig(tasks=TaskPoolConfig(memory_mb=1024),
@@ -78,8 +107,19 @@ def validate(cfg: ReconConfig) -> None:
         (cfg.load.mode in ("crop", "pad"), f"load.mode must be crop or pad; got {cfg.load.mode!r}"),
         (cfg.load.size > 0 and cfg.load.size % 14 == 0, f"load.size must be a positive multiple of 14; "
                                                          f"got {cfg.load.size}"),
-        (cfg.views.policy in ("subsample", "split"), f"views.policy must be subsample or split; "
-                                                     f"got {cfg.views.policy!r}"),
+        (cfg.views.policy in ("chunks", "subsample", "split"), f"views.policy must be chunks, subsample or "
+                                                               f"split; got {cfg.views.policy!r}"),
+        (cfg.views.chunk is None or cfg.views.chunk >= 2, f"views.chunk must be >= 2; got {cfg.views.chunk}"),
+        (cfg.views.overlap is None or 1 <= cfg.views.overlap < chunk_size(cfg.views),
+         f"views.overlap must be in [1, views.chunk - 1]; got {cfg.views.overlap}"),
+        (cfg.refine.tracks in ("features", "vggt"), f"refine.tracks must be features or vggt; "
+                                                    f"got {cfg.refine.tracks!r}"),
+        (cfg.refine.loss in ("trivial", "huber", "soft_l1", "cauchy"),
+         f"refine.loss must be trivial, huber, soft_l1 or cauchy; got {cfg.refine.loss!r}"),
+        (not (cfg.refine.refine_intrinsics and cfg.cameras.intrinsics),
+         "refine.refine_intrinsics=true contradicts cameras.intrinsics (given intrinsics are held fixed)"),
+        (cfg.export.camera_model in ("PINHOLE", "SIMPLE_PINHOLE"),
+         f"export.camera_model must be PINHOLE or SIMPLE_PINHOLE; got {cfg.export.camera_model!r}"),
         (cfg.views.max_views >= 1, f"views.max_views must be >= 1; got {cfg.views.max_views}"),
         (cfg.views.policy != "split" or cfg.views.max_views >= 2,
          "views.policy=split needs views.max_views >= 2 (every chunk repeats the anchor view)"),
@@ -99,7 +139,18 @@ def validate(cfg: ReconConfig) -> None:
             raise ConfigError(message)
     from tomeray.models.vggt import get_arch
 
-    get_arch(cfg.model.arch)  # a ConfigError naming the valid archs
+    arch = get_arch(cfg.model.arch)  # a ConfigError naming the valid archs
+    if cfg.refine.ba and cfg.refine.tracks == "vggt" and not arch.track_head:
+        raise ConfigError(f"refine.tracks=vggt needs a model with a track head; {cfg.model.arch} has none "
+                          "(use refine.tracks=features, or model.arch=vggt-1b)")
+
+
+def chunk_size(views: ViewsConfig) -> int:
+    return views.chunk or views.max_views
+
+
+def chunk_overlap(views: ViewsConfig) -> int:
+    return views.overlap if views.overlap is not None else max(1, chunk_size(views) // 2)
 
 
 def pinned_settings(cfg: ReconConfig, weights_id: str) -> dict:
@@ -112,6 +163,7 @@ def pinned_settings(cfg: ReconConfig, weights_id: str) -> dict:
         "video": {k: d["video"][k] for k in ("num_frames", "fps")},
         "views": d["views"],
         "points": d["points"],
+        "refine": d["refine"],
     }))
 
 

@@ -4,7 +4,8 @@ PLY (``write_ply`` / ``read_ply``): binary little-endian, one ``vertex`` element
 float, ``red green blue`` uchar and optionally ``confidence`` float. The reader also takes ASCII
 and big-endian files with any scalar vertex properties (reference clouds from other tools).
 
-``write_exports`` writes a scene's requested exports (``export.ply`` / ``export.colmap``).
+``write_exports`` writes a scene's requested exports (``export.ply`` / ``export.colmap`` /
+``export.glb``, the last in ``pipeline.reconstruction.glb``).
 
 COLMAP text model (``write_colmap_text`` / ``read_colmap_text``): ``cameras.txt`` (one PINHOLE
 camera per image), ``images.txt`` (world-to-camera pose as quaternion qw qx qy qz and translation,
@@ -27,12 +28,16 @@ from tomeray.models.errors import InputError
 from tomeray.models.pose import quaternion_to_rotation, rotation_to_quaternion
 from tomeray.pipeline.core.atomic import atomic_write_text, atomic_write_with
 from tomeray.pipeline.reconstruction.config import ExportConfig
+from tomeray.pipeline.reconstruction.glb import glb_path, write_glb
 from tomeray.pipeline.reconstruction.layout import ReconLayout
 from tomeray.pipeline.reconstruction.results import SceneCameras, ScenePoints, load_scene
 
 __all__ = [
+    "colmap_binary_path",
+    "read_colmap_cameras",
     "read_colmap_text",
     "read_ply",
+    "source_observations",
     "write_colmap_text",
     "write_exports",
     "write_ply",
@@ -138,6 +143,22 @@ def _project(xyz: np.ndarray, extrinsic: np.ndarray, intrinsic: np.ndarray) -> t
         return pix[:, :2] / pix[:, 2:], cam[:, 2]
 
 
+def source_observations(xyz: np.ndarray, views: np.ndarray, E: np.ndarray, K: np.ndarray, widths,
+                        heights) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's projection (N, 2) into the view it came from, and whether it lands in front of
+    that camera and inside its image (N,): the one observation the COLMAP exports give a point."""
+    keep = np.zeros(len(xyz), bool)
+    uv_all = np.zeros((len(xyz), 2))
+    for v in range(len(E)):
+        sel = np.flatnonzero(views == v)
+        uv, z = _project(xyz[sel], E[v], K[v])
+        inside = (z > 0) & np.isfinite(uv).all(1) & (uv[:, 0] >= -0.5) & (uv[:, 1] >= -0.5) \
+            & (uv[:, 0] < widths[v] - 0.5) & (uv[:, 1] < heights[v] - 0.5)
+        keep[sel] = inside
+        uv_all[sel] = uv
+    return keep, uv_all
+
+
 def write_colmap_text(folder: str | os.PathLike, image_names: list[str], widths, heights,
                       intrinsics: np.ndarray, extrinsics: np.ndarray, xyz: np.ndarray, rgb: np.ndarray,
                       views: np.ndarray) -> dict[str, int]:
@@ -157,15 +178,7 @@ def write_colmap_text(folder: str | os.PathLike, image_names: list[str], widths,
     if len(rgb) != len(xyz) or len(views) != len(xyz) or bad_views:
         raise InputError("COLMAP export: points, colours and view indices must match the views")
 
-    keep = np.zeros(len(xyz), bool)
-    uv_all = np.zeros((len(xyz), 2))
-    for v in range(V):
-        sel = np.flatnonzero(views == v)
-        uv, z = _project(xyz[sel], E[v], K[v])
-        inside = (z > 0) & np.isfinite(uv).all(1) & (uv[:, 0] >= -0.5) & (uv[:, 1] >= -0.5) \
-            & (uv[:, 0] < widths[v] - 0.5) & (uv[:, 1] < heights[v] - 0.5)
-        keep[sel] = inside
-        uv_all[sel] = uv
+    keep, uv_all = source_observations(xyz, views, E, K, widths, heights)
     ids = np.flatnonzero(keep)  # point3D_id = position in ids + 1
 
     cameras = ["# Camera list with one line of data per camera:",
@@ -220,23 +233,35 @@ def _data_lines(path: Path) -> list[str]:
     return [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
 
 
+def read_colmap_cameras(path: str | os.PathLike) -> dict[int, tuple[int, int, np.ndarray]]:
+    """A COLMAP ``cameras.txt``: camera id -> (width, height, 3x3 intrinsics in OpenCV's convention;
+    distortion ignored)."""
+    path = Path(path)
+    cams = {}
+    for line in _data_lines(path):
+        w = line.split()
+        if not w:
+            continue
+        model = w[1] if len(w) > 1 else "?"
+        if model not in _COLMAP_MODELS:
+            raise InputError(f"{path}: unsupported COLMAP camera model {model}")
+        try:
+            p = [float(v) for v in w[4:]]
+            fx, fy = (p[0], p[0]) if _COLMAP_MODELS[model] == 1 else (p[0], p[1])
+            cx, cy = p[_COLMAP_MODELS[model]], p[_COLMAP_MODELS[model] + 1]
+            cams[int(w[0])] = (int(w[2]), int(w[3]),
+                               np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]]))
+        except (ValueError, IndexError):
+            raise InputError(f"{path}: malformed camera line {line.strip()!r}") from None
+    return cams
+
+
 def read_colmap_text(folder: str | os.PathLike) -> dict:
     """A COLMAP text model as arrays, images ordered by IMAGE_ID: ``names``, ``widths``,
     ``heights``, ``intrinsics`` (V, 3, 3; OpenCV convention; distortion ignored), ``extrinsics``
     (V, 3, 4) world-to-camera, and ``xyz`` (N, 3), ``rgb`` (N, 3) of points3D.txt (if present)."""
     folder = Path(folder)
-    cams = {}
-    for line in _data_lines(folder / "cameras.txt"):
-        w = line.split()
-        if not w:
-            continue
-        model = w[1]
-        if model not in _COLMAP_MODELS:
-            raise InputError(f"{folder}: unsupported COLMAP camera model {model}")
-        p = [float(v) for v in w[4:]]
-        fx, fy = (p[0], p[0]) if _COLMAP_MODELS[model] == 1 else (p[0], p[1])
-        cx, cy = p[_COLMAP_MODELS[model]], p[_COLMAP_MODELS[model] + 1]
-        cams[int(w[0])] = (int(w[2]), int(w[3]), np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]]))
+    cams = read_colmap_cameras(folder / "cameras.txt")
     lines = [ln for ln in _data_lines(folder / "images.txt")]
     images = []
     i = 0
@@ -284,6 +309,11 @@ def _colmap_names(paths: list[str], frame_idx: np.ndarray, spec: dict) -> list[s
     return [re.sub(r"\s", "_", n) for n in names]
 
 
+def colmap_binary_path(layout: ReconLayout, scene: str) -> Path:
+    """The binary model's folder, where COLMAP's mapper would write it (images/ beside sparse/)."""
+    return layout.colmap_path(scene) / "sparse" / "0"
+
+
 def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: SceneCameras | None = None,
                   pts: ScenePoints | None = None, spec: dict | None = None, only_missing: bool = False
                   ) -> list[str]:
@@ -292,7 +322,10 @@ def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: Scen
     wants_ply = cfg.ply and not (only_missing and layout.ply_path(scene).is_file())
     have_colmap = (layout.colmap_path(scene) / "points3D.txt").is_file()
     wants_colmap = cfg.colmap and not (only_missing and have_colmap)
-    if not (wants_ply or wants_colmap):
+    wants_glb = cfg.glb and not (only_missing and glb_path(layout, scene).is_file())
+    have_binary = (colmap_binary_path(layout, scene) / "points3D.bin").is_file()
+    wants_binary = cfg.colmap_binary and not (only_missing and have_binary)
+    if not (wants_ply or wants_colmap or wants_binary or wants_glb):
         return []
     if cams is None or pts is None:
         cams, pts = load_scene(layout.root, scene)
@@ -300,7 +333,7 @@ def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: Scen
     if wants_ply:
         write_ply(layout.ply_path(scene), pts.xyz, pts.rgb, pts.confidence if cfg.ply_confidence else None)
         written.append("ply")
-    if wants_colmap:
+    if wants_colmap or wants_binary:
         idx = np.arange(len(pts.xyz))
         if cfg.colmap_max_points and len(idx) > cfg.colmap_max_points:
             idx = np.sort(np.random.default_rng(0).choice(idx, cfg.colmap_max_points, replace=False))
@@ -313,7 +346,17 @@ def write_exports(layout: ReconLayout, scene: str, cfg: ExportConfig, cams: Scen
         names = _colmap_names(cams.image_path, cams.frame_idx, spec)
         if len(set(names)) != len(names):  # e.g. a scene list naming one file twice
             names = [f"{int(f):06d}_{os.path.basename(n)}" for f, n in zip(cams.frame_idx, names)]
+    if wants_colmap:
         write_colmap_text(layout.colmap_path(scene), names, cams.width, cams.height, cams.intrinsic,
                           cams.extrinsic, pts.xyz[idx], pts.rgb[idx], views)
         written.append("colmap")
+    if wants_binary:
+        from tomeray.pipeline.reconstruction.colmap_binary import write_colmap_binary
+
+        write_colmap_binary(layout.colmap_path(scene), names, cams, pts.xyz[idx], pts.rgb[idx], views,
+                            cfg.camera_model, cfg.shared_camera, video="video" in spec)
+        written.append("colmap_binary")
+    if wants_glb:
+        write_glb(glb_path(layout, scene), cams, pts)
+        written.append("glb")
     return written

@@ -9,7 +9,9 @@ record is written (after all its files), so a crash loses at most the scenes in 
 into the same ``--out`` does only the others; scenes that failed are retried. The settings that
 shape results (model and weights, preprocessing, views, point filtering) are pinned in the
 manifest; a rerun with different ones is refused. Exports are derived from the stored tables, so
-switching ``export.ply`` / ``export.colmap`` on for a rerun adds them to the finished scenes too.
+switching ``export.ply`` / ``export.colmap`` / ``export.colmap_binary`` on for a rerun adds them
+to the finished scenes too. Known intrinsics (``cameras.intrinsics``) are read and checked against
+every scene before any work; their SHA-256 is pinned and the manifest names the file.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from tomeray.pipeline.core.timing import RunFigures, run_costs, startup_timeline
 from tomeray.pipeline.reconstruction.config import ReconConfig, pinned_settings, resolve_weights_id, validate
 from tomeray.pipeline.reconstruction.discover import discover_scenes
 from tomeray.pipeline.reconstruction.exports import write_exports
+from tomeray.pipeline.reconstruction.intrinsics import load_intrinsics
 from tomeray.pipeline.reconstruction.layout import ReconLayout
 from tomeray.pipeline.reconstruction.writer import SceneWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReconSummary", "finish_reconstruction", "run_reconstruct"]
+__all__ = ["ReconSummary", "finish_reconstruction", "output_header", "run_reconstruct"]
 
 LOST_ADVICE = ", e.g. out of memory; with fewer views.max_views if it happens again"
 
@@ -78,21 +81,33 @@ def finish_reconstruction(layout: ReconLayout, manifest: dict, cfg: ReconConfig)
     return layout.finish(manifest, complete=True, counts=counts)
 
 
+def output_header(cfg: ReconConfig, weights_id: str, known=None) -> dict:
+    """A run's manifest header: the pinned settings (with the known intrinsics' hash) and weights."""
+    settings = pinned_settings(cfg, weights_id)
+    settings["cameras"] = {"intrinsics_sha256": known.sha256 if known else None}
+    return {"settings": settings, "weights_id": weights_id, "complete": False,
+            "intrinsics": known.manifest() if known else "predicted"}
+
+
 def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                    address: str | None = None, *, config: ReconConfig | None = None) -> ReconSummary:
-    """Reconstruct every scene of ``inputs`` into ``out`` (created, or resumed). See the module docstring."""
+                    address: str | None = None, *, config: ReconConfig | None = None,
+                    scenes: list[dict] | None = None) -> ReconSummary:
+    """Reconstruct every scene of ``inputs`` (or the scene specs ``scenes``, as ``discover_scenes``
+    makes them) into ``out`` (created, or resumed). See the module docstring."""
     started, started_at = time.perf_counter(), time.time()
     marks = {"driver_process_at": process_started_at()}
     cfg = config if config is not None else load_config(ReconConfig, "reconstruct", list(overrides))
     validate(cfg)
-    if not inputs:
+    known = load_intrinsics(cfg.cameras.intrinsics) if cfg.cameras.intrinsics else None
+    if not inputs and scenes is None:
         raise InputError("no inputs given: pass a scenes folder, a video or a .csv/.parquet scene list")
-    specs, discover_errors = discover_scenes(list(inputs), cfg)
+    specs, discover_errors = (scenes, []) if scenes is not None else discover_scenes(list(inputs), cfg)
     marks["discovered_at"] = time.time()
+    if known is not None:
+        known.check_scenes(specs)  # every image has its matrix, before any work
     weights_id = resolve_weights_id(cfg.model)  # fails early on missing weights
     layout = ReconLayout(out)
-    manifest = layout.open({"settings": pinned_settings(cfg, weights_id), "weights_id": weights_id,
-                            "complete": False})
+    manifest = layout.open(output_header(cfg, weights_id, known))
     save_config(cfg, layout.config_path)
     if weights_id.startswith("random-init"):
         log.warning("VGGT weights are RANDOM (%s): cameras and points are for smoke tests only", weights_id)
@@ -118,7 +133,7 @@ def run_reconstruct(inputs: list[str], out: str | Path, overrides: list[str] | t
         cores = float(cluster_resources().get("CPU", 0.0))
         pipeline_start = time.perf_counter()
         marks["graph_started_at"], driver_cpu_s = time.time(), time.process_time()
-        ds, plan = build_dataset(todo, cfg)
+        ds, plan = build_dataset(todo, cfg, known.actor_spec() if known else None)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch)
         pipeline_s = time.perf_counter() - pipeline_start

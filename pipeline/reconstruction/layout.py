@@ -13,8 +13,12 @@
   errors/inputs.parquet             errors not tied to a scene (inputs that name nothing), latest run
   runs/<run_id>.json                what each run did
   scenes/scene=<key>.json           a scene's completion record, written after all its files
+                                    (with the chunk fits, ``alignment``, and the bundle
+                                    adjustment, ``refine``, when they ran)
   ply/<key>.ply                     optional export (binary little-endian PLY)
   colmap/<key>/{cameras,images,points3D}.txt   optional export (COLMAP text model)
+  colmap/<key>/sparse/0/*.bin       optional export (COLMAP binary model; images/ beside it links
+                                    the original images: pipeline.reconstruction.colmap_binary)
 ```
 
 ``<key>`` is the scene name percent-encoded (``urllib.parse.quote(name, safe="")``), the encoding

@@ -15,6 +15,7 @@ from tomeray.pipeline.reconstruction.config import ReconConfig
 from tomeray.pipeline.reconstruction.exports import write_exports
 from tomeray.pipeline.reconstruction.layout import ReconLayout, cameras_table, points_table
 from tomeray.pipeline.reconstruction.results import SceneCameras, ScenePoints
+from tomeray.pipeline.reconstruction.thumbnails import write_view_thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class SceneWriter:
             scene, cameras_table(scene, cams.frame_idx, cams.image_path, cams.width, cams.height,
                                  cams.extrinsic, cams.intrinsic),
             points_table(pts.xyz, pts.rgb, pts.confidence, pts.frame_idx), errors)
+        write_view_thumbnails(self.layout, scene, cams)
         exports = write_exports(self.layout, scene, self.cfg.export, cams, pts, spec)
         record = {**stats, "image_errors": len(errors), "exports": exports, "finished": utc_now(),
                   "source": spec.get("video") or spec.get("root")}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tomeray.models.errors import InputError
+from tomeray.models.errors import InputError, link_note
 from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.inputs import read_table_rows
 from tomeray.pipeline.training.config import DataConfig
@@ -115,14 +115,16 @@ class ClipBuilder:
         self._missing: set[str] = set()  # clips already reported as missing (one row per clip)
 
     def add(self, where: str, path: str, caption, start_s: float, end_s: float, split: str) -> None:
-        key = clip_key(path, start_s, end_s)
+        """``path``: the video as the table names it (absolute; a link stays a link, and error rows name
+        it so); the clip's key is made from its canonical path."""
+        key = clip_key(canonical_path(path), start_s, end_s)
         if path not in self._exists:
             self._exists[path] = os.path.isfile(path)
         if not self._exists[path]:
             if key not in self._missing:
                 self._missing.add(key)
                 self.errors.append(error_row(key, "load", "MissingVideo", f"{where}: the video file does not "
-                                             "exist", input=self.source, path=path))
+                                             f"exist{link_note(path)}", input=self.source, path=path))
             return
         if not isinstance(caption, str) or not caption.strip():
             self.errors.append(error_row(key, "load", "EmptyCaption", f"{where}: the caption is empty",
@@ -157,20 +159,20 @@ def load_table(path: Path, cfg: DataConfig) -> ClipSet:
         if not isinstance(raw, str) or not raw.strip():
             builder.bad(where, f"{path}#{number}", "", "the video path is empty")
             continue
-        video = canonical_path(root / raw.strip())
+        video = os.path.abspath(root / raw.strip())  # as the table names it (see ClipBuilder.add)
         try:
             start, end = _number(row.get("start_s")), _number(row.get("end_s"))
         except (TypeError, ValueError):
-            builder.bad(where, video, video, f"start_s / end_s are not numbers ({row.get('start_s')!r}, "
-                        f"{row.get('end_s')!r})")
+            builder.bad(where, canonical_path(video), video, "start_s / end_s are not numbers "
+                        f"({row.get('start_s')!r}, {row.get('end_s')!r})")
             continue
         if math.isnan(start) != math.isnan(end) or (not math.isnan(start) and not 0 <= start < end):
-            builder.bad(where, clip_key(video, start, end), video,
+            builder.bad(where, clip_key(canonical_path(video), start, end), video,
                         f"start_s={start:g}, end_s={end:g} is not a clip (give both, 0 <= start_s < end_s)")
             continue
         label = str(row.get(cfg.split_column) or "").strip().lower()
         if label not in _SPLIT_NAMES:
-            builder.bad(where, clip_key(video, start, end), video,
+            builder.bad(where, clip_key(canonical_path(video), start, end), video,
                         f"split '{label}' is not one of {', '.join(SPLITS)}")
             continue
         builder.add(where, video, row.get(cfg.caption_column), start, end, _SPLIT_NAMES[label])

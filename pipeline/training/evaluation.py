@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tomeray.models.errors import InputError
+from tomeray.models.errors import InputError, link_note
 from tomeray.pipeline.core.config import load_config
 from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.graph import worker_lost_rows
@@ -63,7 +63,8 @@ def _embed_clips(cfg: EvalConfig, clips, image_size: int) -> tuple[dict[int, np.
             seen.add(clips[i].key)
             if str(batch["error_type"][j]):
                 failures.append(error_row(clips[i].key, str(batch["error_stage"][j]),
-                                          str(batch["error_type"][j]), str(batch["error_message"][j]),
+                                          str(batch["error_type"][j]),
+                                          str(batch["error_message"][j]) + link_note(clips[i].path),
                                           path=clips[i].path))
             else:
                 vectors[i] = np.asarray(batch["embedding"][j], np.float32)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from tomeray.models.errors import link_note
 from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.training.plan import augment_seed, epoch_batches, lr_factor, worker_share
 from tomeray.pipeline.training.state import Progress, load_checkpoint, save_checkpoint
@@ -221,8 +222,9 @@ class Worker:
     # ---------------------------------------------------------------------------------- errors, checkpoints
 
     def record_failures(self, failures: list[dict]) -> None:
-        rows = [error_row(f["key"], "decode", f["error_type"], f["message"], input=self.config["source"],
-                          path=f["path"]) for f in failures if f["error_type"] != "WorkerLost"]
+        rows = [error_row(f["key"], "decode", f["error_type"], f["message"] + link_note(f["path"]),
+                          input=self.config["source"], path=f["path"])
+                for f in failures if f["error_type"] != "WorkerLost"]
         self.pending_errors.extend(rows)
 
     def checkpoint(self, metrics: dict) -> None:

@@ -17,13 +17,13 @@ with its one test sentence. A video in both lists is kept in the test split only
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tomeray.models.errors import InputError
 from tomeray.pipeline.core.inputs import read_table_rows
 from tomeray.pipeline.training.config import DataConfig
 from tomeray.pipeline.training.data import ClipBuilder, ClipSet
-from tomeray.pipeline.video.ids import canonical_path
 
 __all__ = ["VIDEO_FOLDERS", "load_msrvtt", "msrvtt_video_root"]
 
@@ -75,9 +75,9 @@ def load_msrvtt(data: Path, cfg: DataConfig, splits: tuple[str, ...] = ("train",
     for number, s in enumerate(sentences, 1):
         video_id = str(s.get("video_id", "")).strip() if isinstance(s, dict) else ""
         if video_id in train:
-            builder.add(f"MSRVTT_data.json sentence {number}", canonical_path(videos / f"{video_id}.mp4"),
+            builder.add(f"MSRVTT_data.json sentence {number}", os.path.abspath(videos / f"{video_id}.mp4"),
                         s.get("caption"), nan, nan, "train")
     for number, (video_id, row) in enumerate(zip(test_ids, test_rows), 1):  # none unless asked for
-        builder.add(f"{cfg.msrvtt_test_list} row {number}", canonical_path(videos / f"{video_id}.mp4"),
+        builder.add(f"{cfg.msrvtt_test_list} row {number}", os.path.abspath(videos / f"{video_id}.mp4"),
                     row.get("sentence"), nan, nan, "test")
     return builder.result("msrvtt")

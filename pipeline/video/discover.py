@@ -12,7 +12,9 @@ An input is one of:
 * anything else: a video file.
 
 Paths are returned canonical (absolute, symlinks resolved) and deduplicated in input order, each
-with the input it came from (for error rows). An input that names nothing (a missing file, a glob
+with the input it came from and the path as the user's tree shows it (for error rows: a link is
+named as itself, with where it leads in the message). A link whose target is gone is an error row
+of its own. An input that names nothing (a missing file, a glob
 without matches, an unreadable list) becomes an error row, stage ``discover``, so that a job
 reports it instead of silently indexing less.
 """
@@ -24,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tomeray.models.errors import InputError
+from tomeray.models.errors import InputError, link_note
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.inputs import (
@@ -47,6 +49,14 @@ class Discovery:
     paths: list[str] = field(default_factory=list)    # canonical video paths, in input order, unique
     errors: list[dict] = field(default_factory=list)  # rows for the errors table (stage "discover")
     origin: dict[str, str] = field(default_factory=dict)  # canonical path -> the input that named it
+    shown: dict[str, str] = field(default_factory=dict)  # canonical -> as the tree shows it (if not the same)
+
+    def error_row(self, item: str, stage: str, error_type: str, message: str) -> dict:
+        """An error row about discovered video ``item`` (its canonical path): ``path`` names it as the
+        user's tree shows it, and the message says where a link on the way leads."""
+        shown = self.shown.get(item, item)
+        return error_row(item, stage, error_type, message + link_note(shown),
+                         input=self.origin.get(item, item), path=shown)
 
 
 def discover_videos(
@@ -65,10 +75,16 @@ def discover_videos(
 
     def add(path: str) -> None:
         canon = canonical_path(path)
-        if canon not in seen:
-            seen.add(canon)
+        if canon in seen:
+            return
+        seen.add(canon)
+        found.origin[canon] = given
+        if canon != os.path.abspath(path):
+            found.shown[canon] = os.path.abspath(path)
+        if os.path.exists(canon):
             found.paths.append(canon)
-            found.origin[canon] = given
+        else:  # a link whose target is gone
+            found.errors.append(found.error_row(canon, "discover", "FileNotFoundError", "a broken link"))
 
     def fail(path: str, error_type: str, message: str) -> None:
         found.errors.append(error_row(str(path), "discover", error_type, message, input=given,
@@ -83,7 +99,7 @@ def discover_videos(
                 if os.path.isdir(m):
                     for found_path in walk_files(m, exts):
                         add(found_path)
-                elif os.path.isfile(m):
+                elif os.path.isfile(m) or os.path.islink(m):
                     add(m)
         elif os.path.isdir(entry):
             for found_path in walk_files(entry, exts):
@@ -97,7 +113,7 @@ def discover_videos(
             base = os.path.dirname(os.path.abspath(entry))
             for item in entries:
                 expand(item if os.path.isabs(item) else os.path.join(base, item), allow_lists=False)
-        elif os.path.isfile(entry):
+        elif os.path.isfile(entry) or os.path.islink(entry):
             add(entry)
         else:
             fail(entry, "FileNotFoundError", f"'{entry}' does not exist")

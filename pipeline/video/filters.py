@@ -108,8 +108,41 @@ class Ranking:
 
 def rank(index, queries: np.ndarray, want: int, allowed: np.ndarray | None = None, *,
          nprobe: int | None = None, ef_search: int | None = None) -> Ranking:
-    """Nearest neighbours of ``queries`` among all rows, or among the ids in ``allowed`` (sorted)."""
+    """Nearest neighbours of ``queries`` among all rows, or among the ids in ``allowed`` (sorted).
+
+    Rows of equal score come in id order, whatever order FAISS found them in, and a tie at the cut
+    is resolved the same way: the search goes deeper until the tied group ends, so the ``want`` best
+    are the same rows whether a page asks for ``want`` or for more (pages never overlap or skip)."""
     queries = np.asarray(queries, np.float32)
+    available = int(index.ntotal) if allowed is None else len(allowed)
+    first = _search(index, queries, want + 1, allowed, nprobe, ef_search)
+    scores, ids = list(first.scores), list(first.ids)
+    depth = want + 1
+    tied = [q for q in range(len(queries)) if want and _tie_at(first.scores[q], first.ids[q], want)]
+    while tied and depth < available:
+        depth = min(2 * depth, available)
+        deeper = _search(index, queries[tied], depth, allowed, nprobe, ef_search)
+        for row, q in enumerate(tied):
+            scores[q], ids[q] = deeper.scores[row], deeper.ids[row]
+        tied = [q for row, q in enumerate(tied) if _tie_at(deeper.scores[row], deeper.ids[row], depth - 1,
+                                                           scores[q][want - 1])]
+    out_scores = np.empty((len(queries), want), np.float32)
+    out_ids = np.empty((len(queries), want), np.int64)
+    for q in range(len(queries)):
+        order = np.lexsort((ids[q], -scores[q].astype(np.float64)))[:want]  # by score, then id
+        out_scores[q], out_ids[q] = scores[q][order], ids[q][order]
+    complete = [int((row >= 0).sum()) >= min(want, available) for row in out_ids]
+    return Ranking(out_scores, out_ids, complete, first.matches)
+
+
+def _tie_at(scores: np.ndarray, ids: np.ndarray, last: int, score: float | None = None) -> bool:
+    """Whether entry ``last`` exists and scores exactly ``score`` (default: the entry before it's)."""
+    return bool(ids[last] >= 0 and scores[last] == (scores[last - 1] if score is None else score))
+
+
+def _search(index, queries: np.ndarray, want: int, allowed: np.ndarray | None, nprobe: int | None,
+            ef_search: int | None) -> Ranking:
+    """One FAISS search for the ``want`` best, in FAISS's own order (see :func:`rank`)."""
     if allowed is None:
         scores, ids = search_index(index, queries, want, nprobe=nprobe, ef_search=ef_search)
         return _padded(scores, ids, want, int(index.ntotal), None)

@@ -30,7 +30,6 @@ from tomeray.models.errors import InputError
 from tomeray.models.tempme import VideoModelConfig
 from tomeray.operators.worker import process_started_at
 from tomeray.pipeline.core.config import load_config, save_config
-from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.graph import worker_lost_rows
 from tomeray.pipeline.core.output import new_run_id
 from tomeray.pipeline.core.timing import RunFigures, run_costs, startup_timeline
@@ -212,7 +211,7 @@ def run_index(
     stored = stored_shots(layout, cfg, header) if shots else {}
     run_id = new_run_id()
     writer = ShardWriter(layout, run_id, dim, cfg.output.shard_rows, cfg.output.flush_s,
-                         segmented=bool(segment_s > 0 or shots), origin=discovery.origin, shots=shots)
+                         segmented=bool(segment_s > 0 or shots), discovery=discovery, shots=shots)
     writer.add_errors(discovery.errors)
     items, skipped = [], 0
     for path in discovery.paths:
@@ -223,8 +222,7 @@ def run_index(
             items.append({"path": path, "key": id_key(path, cfg.input.id_root),
                           **({"stored_shots": stored.get(path, "")} if shots else {})})
         except InputError as e:
-            writer.add_errors([error_row(path, "discover", "InputError", str(e), input=discovery.origin[path],
-                                         path=path)])
+            writer.add_errors([discovery.error_row(path, "discover", "InputError", str(e))])
     log.info("%d input(s): %d to index, %d already indexed, %d failed discovery",
              len(discovery.paths) + len(discovery.errors), len(items), skipped, len(discovery.errors))
 
@@ -254,8 +252,8 @@ def run_index(
                           steady_from=writer.costs.first.get("embed_done_at"))
         startup = startup_timeline(started_at, marks, writer.costs.first)
         startup_cpu = {"driver_cpu_s": round(driver_cpu_s, 3), **writer.costs.startup_cpu()}
-        expected = [{"item": it["path"], "input": discovery.origin[it["path"]], "path": it["path"]}
-                    for it in items]
+        expected = [{"item": it["path"], "input": discovery.origin[it["path"]],
+                     "path": discovery.shown.get(it["path"], it["path"])} for it in items]
         writer.add_errors(worker_lost_rows(expected, writer.seen_paths, "decode"))
     writer.flush()
     if cfg.output.thumbnails:  # rows indexed before thumbnails existed get theirs now

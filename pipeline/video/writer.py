@@ -11,8 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-from tomeray.pipeline.core.errors_table import error_row
 from tomeray.pipeline.core.timing import CostTotals
+from tomeray.pipeline.video.discover import Discovery
 from tomeray.pipeline.video.ids import stable_id
 from tomeray.pipeline.video.layout import IndexLayout, embeddings_schema, thumbnails_schema
 
@@ -23,11 +23,11 @@ class ShardWriter:
     """Collects embedded rows (see ``pipeline.video.graph``) and writes them to ``layout``."""
 
     def __init__(self, layout: IndexLayout, run_id: str, dim: int, shard_rows: int, flush_s: float,
-                 segmented: bool, origin: dict[str, str] | None = None, shots: bool = False):
+                 segmented: bool, discovery: Discovery | None = None, shots: bool = False):
         self.layout, self.run_id, self.dim = layout, run_id, dim
         self.shard_rows, self.flush_s = max(1, shard_rows), flush_s
         self.segmented = segmented
-        self.origin = origin or {}  # canonical path -> the input that named it
+        self.discovery = discovery or Discovery()  # how error rows name each video (see Discovery)
         self.shots = shots  # rows are shots: a shot column, and each video's shots to the shots table
         self.schema = embeddings_schema(dim, shots)
         self._shot_rows: list[dict] = []
@@ -54,7 +54,7 @@ class ShardWriter:
         self._errors.extend(rows)
 
     def _error(self, path: str, stage: str, error_type: str, message: str) -> dict:
-        return error_row(path, stage, error_type, message, input=self.origin.get(path, path), path=path)
+        return self.discovery.error_row(path, stage, error_type, message)
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         paths = [str(p) for p in batch["path"]]

@@ -42,7 +42,7 @@ __all__ = ["SESSION_COOKIE", "Guard", "create_app", "error_response", "session_v
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "tomeray_session"
-PUBLIC_PATHS = {"/", "/docs", "/api/health", "/favicon.ico"}
+PUBLIC_PATHS = {"/", "/docs", "/api/health", "/favicon.ico", "/scenes"}  # pages without data
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -130,11 +130,12 @@ def _validation_message(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(service: SearchService, *, token: str | None = None,
+def create_app(service: SearchService | None, *, token: str | None = None,
                cors_origins: list[str] | None = None) -> FastAPI:
-    """The application over ``service`` (see the module docstring)."""
+    """The application over ``service`` (see the module docstring). Without a service (a server of
+    reconstructions only) it has the guard, the error handling and the login, for others' routes."""
     from tomeray.pipeline.video.serve.media import add_media_routes
-    from tomeray.pipeline.video.serve.routes import add_api_routes
+    from tomeray.pipeline.video.serve.routes import add_api_routes, add_login_route
 
     app = FastAPI(title="tomeray search", version="1", docs_url=None, redoc_url=None,
                   description="Text, clip and 'more like this' search over video indexes built by "
@@ -164,9 +165,13 @@ def create_app(service: SearchService, *, token: str | None = None,
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error (the server log has the details)")
 
-    add_api_routes(app, service)
-    add_media_routes(app, service)
-    app.add_middleware(Guard, metrics=service.metrics, token=token)
+    if service is not None:
+        add_api_routes(app, service)
+        add_media_routes(app, service)
+    else:
+        add_login_route(app)
+    app.add_middleware(Guard, metrics=service.metrics if service is not None else ServiceMetrics(),
+                       token=token)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], allow_credentials=False)

@@ -26,7 +26,7 @@ from tomeray.pipeline.video.filters import SearchFilters
 from tomeray.pipeline.video.serve.service import NotFound, Query, SearchService
 from tomeray.pipeline.video.serve.uploads import encode_upload
 
-__all__ = ["FILTER_FIELDS", "SearchBody", "add_api_routes", "parse_video_id"]
+__all__ = ["FILTER_FIELDS", "SearchBody", "add_api_routes", "add_login_route", "parse_video_id"]
 
 FILTER_FIELDS = ("path_prefix", "path_glob", "duration_min", "duration_max", "time_min", "time_max")
 MAX_PATTERN_CHARS = 1000
@@ -142,6 +142,20 @@ def _float_fields(source) -> dict:
     return out
 
 
+def add_login_route(app: FastAPI) -> None:
+    @app.post("/api/login", tags=["service"],
+              summary="Exchange the bearer token for a session cookie (used by the web page)")
+    async def login(request: Request):
+        from tomeray.pipeline.video.serve.app import SESSION_COOKIE, session_value
+
+        token = request.app.state.token
+        response = JSONResponse({"auth": bool(token)})
+        if token:  # the guard has checked the bearer token by now
+            response.set_cookie(SESSION_COOKIE, session_value(token), max_age=30 * 86400, httponly=True,
+                                samesite="strict", path="/")
+        return response
+
+
 def add_api_routes(app: FastAPI, service: SearchService) -> None:
     limits = service.cfg.limits
 
@@ -157,17 +171,7 @@ def add_api_routes(app: FastAPI, service: SearchService) -> None:
     async def stats():
         return service.stats()
 
-    @app.post("/api/login", tags=["service"],
-              summary="Exchange the bearer token for a session cookie (used by the web page)")
-    async def login(request: Request):
-        from tomeray.pipeline.video.serve.app import SESSION_COOKIE, session_value
-
-        token = request.app.state.token
-        response = JSONResponse({"auth": bool(token)})
-        if token:  # the guard has checked the bearer token by now
-            response.set_cookie(SESSION_COOKIE, session_value(token), max_age=30 * 86400, httponly=True,
-                                samesite="strict", path="/")
-        return response
+    add_login_route(app)
 
     @app.get("/api/search", tags=["search"], summary="Search by text (q) or like a video (like)")
     async def search_get(

@@ -4,6 +4,11 @@ them, and a micro-batcher that encodes and searches concurrent queries together.
 
 A request takes the current tuple of indexes once and uses it to the end, so a swap never mixes two
 versions in one answer and requests in flight finish on the version they started with.
+
+Hits of several indexes are merged by score; hits of exactly equal score come in the order the
+indexes were given, then by id (each index's own ranking already orders its ties by id and never cuts
+a tie at random, :func:`~tomeray.pipeline.video.filters.rank`), so every page of a query is the
+same slice of one fixed order, request after request.
 """
 
 from __future__ import annotations
@@ -234,7 +239,7 @@ class SearchService:
                 if found is not None:
                     matches = (matches or 0) + found
                 hits.extend((float(s), int(v), number) for s, v in zip(scores, ids) if v >= 0 and v != q.like)
-            hits.sort(key=lambda h: -h[0])
+            hits.sort(key=lambda h: (-h[0], h[2], h[1]))  # score, index order, id
             unique, seen = [], set()
             for hit in hits:  # the same row in two indexes: its best copy
                 if hit[1] not in seen:

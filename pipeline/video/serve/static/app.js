@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const FILTERS = ["path_prefix", "path_glob", "duration_min", "duration_max", "time_min", "time_max"];
 const state = { q: "", like: null, likeLabel: "", upload: null, page: 0, k: 24, filters: {}, busy: false };
 let stats = null;
+let scenesEnabled = false; // the server serves reconstructions (/api/scenes): Scenes tab and "3D" buttons
 let clipEnd = null; // the player stops here (segments)
 let playing = null; // the hit in the player
 
@@ -175,7 +176,30 @@ function card(hit, best, worst) {
       el("div", { class: "name", title: hit.path }, hit.name),
       el("div", { class: "path", title: hit.path }, `\u200e${hit.path}\u200e`), // LRM: keeps "/" in place under rtl
       el("div", { class: "row" }, score,
-        el("button", { type: "button", class: "like", onclick: () => moreLike(hit) }, "More like this"))));
+        el("button", { type: "button", class: "like", onclick: () => moreLike(hit) }, "More like this"),
+        ...(scenesEnabled ? [el("button", { type: "button", class: "like in-3d", title: "Reconstruct this clip in 3D",
+                                            onclick: (e) => open3d(hit, e.currentTarget) }, "3D")] : []))));
+}
+
+// "3D": reconstruct the hit's clip on the server (a job), then open its viewer
+async function open3d(hit, button) {
+  button.disabled = true;
+  try {
+    let job = await api(`/api/videos/${hit.video_id}/reconstruct`, { method: "POST" });
+    while (job.status === "queued" || job.status === "running") {
+      button.textContent = `3D: ${job.status}…`;
+      await new Promise((r) => setTimeout(r, 1000));
+      job = await api(job.url);
+    }
+    if (job.status !== "done") throw new Error(job.error || job.status);
+    button.textContent = "3D";
+    location.href = job.viewer_url;
+  } catch (e) {
+    button.textContent = "3D";
+    showError(`3D reconstruction failed: ${e.message}`);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function newSearch(changes, push = true) {
@@ -331,6 +355,8 @@ async function start() {
     const s = await api("/api/stats");
     showStats(s);
     state.k = Math.min(24, s.limits.max_k);
+    scenesEnabled = await api("/api/scenes").then(() => true, () => false);
+    $("scenes-tab").hidden = !scenesEnabled;
   } catch (e) {
     showError(`The server did not answer: ${e.message}`);
   }
