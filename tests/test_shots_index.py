@@ -133,6 +133,10 @@ def test_rerun_with_other_lengths_reuses_stored_shots(built, corpus, tmp_path):
     assert list((tmp_path / "halves" / "shots").glob("part-*.parquet"))  # the new index keeps them too
     again = run_index([video], tmp_path / "halves", halves)
     assert (again.indexed, again.skipped, again.shots_detected) == (0, 1, 0)
+    for part in (tmp_path / "halves" / "embeddings").glob("part-*.parquet"):
+        part.unlink()  # as if a run had stopped after writing the shots, before the rows
+    resumed = run_index([video], tmp_path / "halves", halves)
+    assert (resumed.indexed, resumed.shots_detected, resumed.rows) == (1, 0, 6)  # stored shots, no detection
     merged = run_index([video], tmp_path / "merged", [*SHOTS, "sampling.shots.min_s=2.2",
                                                       f"sampling.shots.reuse={built['out']}"])
     assert merged.shots_detected == 0
