@@ -166,11 +166,14 @@ def decode_clips(
     *,
     thumbnails: bool = False,
     window: tuple[float, float] | None = None,
+    segmenter=None,
+    stored_shots: str = "",
 ) -> Iterator[Clip]:
     """Decode the clips of one video, in time order. Raises on unreadable or damaged input
     (damage reported by the decoder is ignored when ``strict`` is False). ``thumbnails``: each clip
     carries a JPEG of its middle sampled frame. ``window``: one clip of that ``(start_s, end_s)``
-    range instead (``segment_s`` is then ignored)."""
+    range instead (``segment_s`` is then ignored). ``segmenter``: one clip per shot
+    (:class:`tomeray.operators.shot_decode.ShotSegmenter`; ``stored_shots``: its known shots)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UnreadableVideoError(f"'{path}' does not exist or is not a file")
@@ -191,7 +194,7 @@ def decode_clips(
     with _DecoderLog() as log:
         try:
             for clip in _decode(path, image_size, num_frames, sample_fps, segment_s, num_threads, thumbnails,
-                                window):
+                                window, segmenter, stored_shots):
                 damaged(log)
                 yield clip
         except UnreadableVideoError as e:
@@ -202,7 +205,8 @@ def decode_clips(
 
 def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | None,
             segment_s: float | None, num_threads: int, thumbnails: bool = False,
-            window: tuple[float, float] | None = None) -> Iterator[Clip]:
+            window: tuple[float, float] | None = None, segmenter=None,
+            stored_shots: str = "") -> Iterator[Clip]:
     decord = load_decord()
 
     try:
@@ -220,7 +224,12 @@ def _decode(path: str, image_size: int, num_frames: int, sample_fps: float | Non
     duration = n_frames / fps if math.isfinite(fps) and fps > 0 else float("nan")
 
     plans = []
-    ranges = [time_window(n_frames, fps, *window)] if window else segment_windows(n_frames, fps, segment_s)
+    if window:
+        ranges = [time_window(n_frames, fps, *window)]
+    elif segmenter is not None:
+        ranges = segmenter.plan(path, n_frames, fps, stored_shots)
+    else:
+        ranges = segment_windows(n_frames, fps, segment_s)
     for start, end in ranges:
         local = sample_frame_indices(end - start, fps, num_frames, sample_fps)
         plans.append((start, end, local + start))
@@ -279,7 +288,9 @@ class VideoDecoder:
         num_threads: int = 1,
         strict: bool = True,
         thumbnails: bool = False,
+        shots: dict | None = None,
     ):
+        self.shots = shots  # ShotSegmenter's arguments: one row per shot (segment_s is then ignored)
         self.strict = bool(strict)
         self.thumbnails = bool(thumbnails)
         self.image_size = int(image_size)
@@ -288,20 +299,28 @@ class VideoDecoder:
         self.segment_s = segment_s
         self.num_threads = int(num_threads)
 
-    def rows(self, path: str, key: str, window: tuple[float, float] | None = None) -> Iterator[dict]:
+    def rows(self, path: str, key: str, window: tuple[float, float] | None = None,
+             stored_shots: str = "") -> Iterator[dict]:
         """Output rows of one video (or of its ``window``): one per clip, or a single error row."""
         base = {"path": path, "key": key, "decode_node": node_id(), "error_stage": "", "error_type": "",
                 "error_message": ""}
+        segmenter = None
+        if self.shots is not None:
+            from tomeray.operators.shot_decode import ShotSegmenter
+
+            segmenter = ShotSegmenter(**self.shots, num_threads=self.num_threads)
+            base.update(segmenter.columns(-1))
         emitted = 0
         try:
             for c in decode_clips(path, self.image_size, self.num_frames, self.sample_fps, self.segment_s,
                                   self.num_threads, self.strict, thumbnails=self.thumbnails,
-                                  window=window):
+                                  window=window, segmenter=segmenter, stored_shots=stored_shots):
                 yield {
                     **base,
                     "start_s": c.start_s, "end_s": c.end_s, "duration_s": c.duration_s, "fps": c.fps,
                     "n_frames": c.n_frames, "frame_indices": c.frame_indices, "frames": c.frames,
                     "mask": c.mask, "thumbnail": c.thumbnail,
+                    **(segmenter.columns(emitted) if segmenter is not None else {}),
                 }
                 emitted += 1
         except Exception as e:  # noqa: BLE001 - any decoder failure is this input's error, not the job's
@@ -318,8 +337,9 @@ class VideoDecoder:
         n = len(batch["path"])
         starts = batch.get("start_s", np.full(n, np.nan))
         ends = batch.get("end_s", np.full(n, np.nan))
-        for path, key, start, end in zip(batch["path"], batch["key"], starts, ends):
-            rows = self.rows(str(path), str(key), row_window(start, end))
+        stored = batch.get("stored_shots", np.full(n, ""))
+        for path, key, start, end, shots in zip(batch["path"], batch["key"], starts, ends, stored):
+            rows = self.rows(str(path), str(key), row_window(start, end), str(shots or ""))
             for row, cost in timed_steps(rows):  # cost columns: operators.worker
                 yield _as_batch([{**row, "decode_cpu_s": cost.cpu_s, "decode_wall_s": cost.wall_s,
                                   "decode_done_at": cost.done_at}])

@@ -46,6 +46,27 @@ def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     assert "random weights" in result.stdout
 
 
+def test_bench_shots_rows_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "shots.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tomeray.jobs.bench_shots", "--videos", "1", "--pieces", "3",
+         "--arch", "ViT-S-32", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    quality = [r for r in rows if r["stage"] == "quality"]
+    detectors = ("transnetv2", "transnetv2-fast", "histogram", "fixed")
+    assert {(r["detector"], r["kind"]) for r in quality} == {
+        (d, k) for d in detectors for k in ("cut", "dissolve", "all")}
+    for r in quality:
+        assert {"precision", "recall", "f1", "cpu_s_per_min"} <= set(r) and 0 <= r["f1"] <= 1
+    costs = {r["detector"]: r for r in rows if r["stage"] == "cost"}
+    assert set(costs) == set(detectors)
+    assert all(0 <= r["detect_share"] < 1 and r["embed_cpu_s_per_min"] > 0 for r in costs.values())
+    speed = [r for r in rows if r["stage"] == "speed"][0]
+    assert speed["max_abs_diff"] < 1e-5 and speed["frames_per_s"] > 0  # fp32, windows of 100: parity
+
+
 def test_bench_viewer_rows_at_a_tiny_scale(tmp_path):
     out = tmp_path / "viewer.json"
     result = subprocess.run(

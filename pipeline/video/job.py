@@ -64,17 +64,25 @@ class IndexSummary(RunFigures):
     failures: list[dict] = field(default_factory=list)  # this run's error rows
     faiss: dict = field(default_factory=dict)  # what the FAISS build did (faiss_summary)
     adapter: str = ""  # layout.adapter_line(): the trained adapter the embeddings were made with
+    shots_detected: int = 0  # videos run through the shot detector (segments=shots; stored shots are reused)
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
 
-def completed_paths(layout: IndexLayout, segment_s: float | None = None) -> set[str]:
+def completed_paths(layout: IndexLayout, segment_s: float | None = None,
+                    shots: tuple[float, float] | None = None) -> set[str]:
     """Paths whose rows are all in the index: any row for whole videos; in segment mode every
-    window of the video (recomputed from its stored n_frames and fps)."""
+    window of the video (recomputed from its stored n_frames and fps); with ``shots`` (min_s,
+    max_s) every segment of its stored shots (:mod:`tomeray.pipeline.video.shots`)."""
     from tomeray.operators.video_decode import segment_windows
 
+    if shots is not None:
+        from tomeray.pipeline.video.shots import ShotsTable
+
+        counts = Counter(layout.read_embeddings(["path"])["path"].to_pylist())
+        return ShotsTable(layout.root).completed_paths(counts, *shots)
     if not segment_s or segment_s <= 0:
         return layout.indexed_paths()
     table = layout.read_embeddings(["path", "n_frames", "fps"])
@@ -136,6 +144,15 @@ def model_facts(model: VideoModelConfig, *, with_text: bool = False) -> tuple[di
     return encoder.identity(), encoder.weights_id, encoder.embed_dim, encoder.image_size
 
 
+def stored_shots(layout: IndexLayout, cfg: IndexConfig, header: dict) -> dict[str, str]:
+    """path -> shots already detected (JSON): ``sampling.shots.reuse``'s, then this index's own."""
+    from tomeray.pipeline.video.shots import ShotsTable, reusable_shots
+
+    reuse = cfg.sampling.shots.reuse
+    stored = reusable_shots(reuse, header["sampling"]["shots"]) if reuse else {}
+    return {**stored, **ShotsTable(layout.root).stored_json()}
+
+
 def _work_likely(layout: IndexLayout, paths: list[str]) -> bool:
     """Whether some input has no rows yet (then Ray is started early; a wrong guess only moves
     or wastes Ray's start-up, never changes what is indexed)."""
@@ -187,11 +204,14 @@ def run_index(
         log.warning("model weights are RANDOM (%s): embeddings are for smoke tests, not retrieval",
                     weights_id)
 
-    segment_s = cfg.sampling.segment_s
-    done = completed_paths(layout, segment_s)
+    segment_s = cfg.sampling.window_s
+    shots = cfg.sampling.segments == "shots"
+    shot_lengths = (cfg.sampling.shots.min_s, cfg.sampling.shots.max_s) if shots else None
+    done = completed_paths(layout, segment_s, shot_lengths)
+    stored = stored_shots(layout, cfg, header) if shots else {}
     run_id = new_run_id()
     writer = ShardWriter(layout, run_id, dim, cfg.output.shard_rows, cfg.output.flush_s,
-                         segmented=bool(segment_s and segment_s > 0), discovery=discovery)
+                         segmented=bool(segment_s > 0 or shots), discovery=discovery, shots=shots)
     writer.add_errors(discovery.errors)
     items, skipped = [], 0
     for path in discovery.paths:
@@ -199,7 +219,8 @@ def run_index(
             skipped += 1
             continue
         try:
-            items.append({"path": path, "key": id_key(path, cfg.input.id_root)})
+            items.append({"path": path, "key": id_key(path, cfg.input.id_root),
+                          **({"stored_shots": stored.get(path, "")} if shots else {})})
         except InputError as e:
             writer.add_errors([discovery.error_row(path, "discover", "InputError", str(e))])
     log.info("%d input(s): %d to index, %d already indexed, %d failed discovery",
@@ -241,7 +262,7 @@ def run_index(
         backfill_thumbnails(layout, cfg, run_id, image_size, address)
 
     # A video is indexed by this run when all its rows are in and it had no error.
-    done_now = completed_paths(layout, segment_s)
+    done_now = completed_paths(layout, segment_s, shot_lengths)
     indexed = len({p for p in writer.ok_paths if p in done_now and p not in writer.failed})
     manifest = finish_index(layout, manifest, cfg.faiss, cfg.output.build_faiss, done_now)
     seconds = time.perf_counter() - started
@@ -252,6 +273,7 @@ def run_index(
         total_videos=manifest["counts"]["videos"], out=str(layout.root), run_id=run_id,
         decode_nodes=dict(writer.decode_nodes), embed_nodes=dict(writer.embed_nodes),
         failures=list(writer.failed.values()), faiss=faiss_summary(manifest), adapter=adapter_line(manifest),
+        shots_detected=writer.shots_detected,
         first_embedding_s=startup.get("embed_done_at", float("nan")), startup=startup,
         startup_cpu=startup_cpu, costs=costs,
     )

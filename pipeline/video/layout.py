@@ -9,6 +9,7 @@
                                   thumbnails have none; a rerun of ``tomeray index`` adds them)
 <root>/lookup/<fingerprint>/      id -> metadata table for search (pipeline.video.metadata; derived,
                                   rebuilt from the shards whenever they change)
+<root>/shots/part-*.parquet       detected shots (sampling.segments=shots: pipeline.video.shots)
 <root>/errors/part-*.parquet      inputs that failed (pipeline.core.errors_table)
 <root>/index.faiss                IDMap2 over video_id
 ```
@@ -43,7 +44,8 @@ __all__ = ["PINNED", "THUMBNAIL_ROW_GROUP", "IndexLayout", "adapter_line", "chec
 PINNED = ("model", "dim", "metric", "sampling", "ids.hash", "ids.relative")
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
+def embeddings_schema(dim: int, shots: bool = False) -> pa.Schema:
+    """``shots``: rows of ``sampling.segments=shots`` also carry their segment's number in the video."""
     return pa.schema([
         ("video_id", pa.int64()),
         ("path", pa.string()),
@@ -54,6 +56,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
         ("n_frames", pa.int64()),
         ("frame_indices", pa.list_(pa.int64())),
         ("embedding", pa.list_(pa.float32(), dim)),
+        *([("shot", pa.int32())] if shots else []),
     ])
 
 

@@ -15,6 +15,7 @@ from tomeray.pipeline.video.config import IndexConfig
 from tomeray.pipeline.video.faiss_build import faiss_entry
 from tomeray.pipeline.video.job import IndexSummary, completed_paths, faiss_summary, finish_index
 from tomeray.pipeline.video.layout import IndexLayout, adapter_line, check_same_embeddings
+from tomeray.pipeline.video.shots import ShotsTable
 
 __all__ = ["merge_indexes"]
 
@@ -59,6 +60,9 @@ def merge_indexes(sources: list[str | Path], out: str | Path, overrides: list[st
             have.update(part["video_id"].to_pylist())
             added_rows += part.num_rows
             added_paths.update(part["path"].to_pylist())
+        shots = ShotsTable(src.root).read()  # segments=shots: the detected shots travel with the rows
+        if shots.num_rows:
+            ShotsTable(out_layout.root).write(shots.to_pylist(), f"{run_id}-merge{i:03d}")
         errors = src.read_errors()
         if errors.num_rows:
             out_layout.write_errors(errors.to_pylist(), f"{run_id}-merge{i:03d}")

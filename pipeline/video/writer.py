@@ -23,12 +23,15 @@ class ShardWriter:
     """Collects embedded rows (see ``pipeline.video.graph``) and writes them to ``layout``."""
 
     def __init__(self, layout: IndexLayout, run_id: str, dim: int, shard_rows: int, flush_s: float,
-                 segmented: bool, discovery: Discovery | None = None):
+                 segmented: bool, discovery: Discovery | None = None, shots: bool = False):
         self.layout, self.run_id, self.dim = layout, run_id, dim
         self.shard_rows, self.flush_s = max(1, shard_rows), flush_s
         self.segmented = segmented
         self.discovery = discovery or Discovery()  # how error rows name each video (see Discovery)
-        self.schema = embeddings_schema(dim)
+        self.shots = shots  # rows are shots: a shot column, and each video's shots to the shots table
+        self.schema = embeddings_schema(dim, shots)
+        self._shot_rows: list[dict] = []
+        self.shots_detected = 0  # videos this run ran through the shot detector
         self._rows: list[pa.Table] = []
         self._thumbnails: list[pa.Table] = []
         self._errors: list[dict] = []
@@ -71,6 +74,8 @@ class ShardWriter:
                 else None
             if thumbnails is not None and thumbnails.num_rows:
                 self._thumbnails.append(thumbnails)
+            if self.shots:
+                self._add_shots(batch, paths, ok)
             self._pending += len(ok)
             self.ok_paths.update(paths[i] for i in ok)
         if self._pending >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_s:
@@ -91,10 +96,26 @@ class ShardWriter:
                                       pa.list_(pa.int64())),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), self.dim),
         }
+        if self.shots:
+            columns["shot"] = pa.array(np.asarray(batch["shot"])[ok].astype(np.int32))
         return pa.Table.from_pydict(columns, schema=self.schema)
+
+    def _add_shots(self, batch: dict[str, np.ndarray], paths: list[str], ok: np.ndarray) -> None:
+        from tomeray.pipeline.video.shots import shot_rows
+
+        for i in ok:
+            if str(batch["shot_table"][i]):
+                self._shot_rows.extend(shot_rows(str(batch["key"][i]), paths[i], float(batch["fps"][i]),
+                                                 str(batch["shot_table"][i])))
+                self.shots_detected += bool(batch["shots_detected"][i])
 
     def flush(self) -> None:
         name = f"{self.run_id}-{self._seq:05d}"
+        if self._shot_rows:  # before the rows: a video counts as complete only with its shots
+            from tomeray.pipeline.video.shots import ShotsTable
+
+            ShotsTable(self.layout.root).write(self._shot_rows, name)
+            self._shot_rows = []
         if self._thumbnails:
             self.layout.write_thumbnails(pa.concat_tables(self._thumbnails), name)
         if self._rows:

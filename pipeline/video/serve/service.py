@@ -27,6 +27,7 @@ from tomeray.pipeline.video.search import VideoSearcher
 from tomeray.pipeline.video.serve.batcher import MicroBatcher
 from tomeray.pipeline.video.serve.config import ServeConfig
 from tomeray.pipeline.video.serve.metrics import ServiceMetrics
+from tomeray.pipeline.video.shots import segment_kind, segmentation
 
 __all__ = ["Answer", "NotFound", "Query", "SearchService", "ServedIndex"]
 
@@ -307,6 +308,7 @@ class SearchService:
                "path": display_path(row.path, index.searcher.id_root), "name": Path(row.path).name,
                "start_s": _finite(row.start_s), "end_s": _finite(row.end_s),
                "duration_s": _finite(row.duration_s),
+               "segment": segment_kind(index.searcher.manifest),
                "thumbnail_url": f"/api/videos/{vid}/thumbnail", "media_url": f"/media/{vid}"}
         if rank is not None:
             out = {"rank": rank, "score": round(float(score), 6), **out}
@@ -333,6 +335,7 @@ class SearchService:
                 "vectors": len(s), "faiss": m.get("faiss_factory") or "Flat (in memory)",
                 "dim": m.get("dim"), "weights_id": s.weights_id, "random_weights": s.random_weights,
                 "segment_s": (m.get("sampling") or {}).get("segment_s"), "updated": m.get("updated"),
+                "segmentation": segmentation(m),
                 "loaded_at": index.loaded_at, "reload_error": self.reload_errors.get(index.name),
             })
         model = indexes[0].searcher.manifest.get("model") or {}

@@ -227,7 +227,7 @@ function play(hit) {
   const segment = isSegment(hit);
   clipEnd = segment ? hit.end_s : null;
   $("player-title").textContent = hit.name;
-  $("player-meta").textContent = `${hit.path} · ${segment ? `clip ${clock(hit.start_s)}–${clock(hit.end_s)} of ` : ""}${clock(hit.duration_s)} · score ${hit.score.toFixed(3)} · ${hit.index}`;
+  $("player-meta").textContent = `${hit.path} · ${segment ? `${hit.segment === "shot" ? "shot" : "clip"} ${clock(hit.start_s)}–${clock(hit.end_s)} of ` : ""}${clock(hit.duration_s)} · score ${hit.score.toFixed(3)} · ${hit.index}`;
   $("player-download").href = hit.media_url;
   $("player-error").hidden = true;
   video.hidden = false;
