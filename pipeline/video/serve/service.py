@@ -109,6 +109,7 @@ class SearchService:
         if encoder is not None:  # one already built for the indexes' model
             first.use_encoder(encoder)
         self.encoder = first.encoder  # loaded once, here, and shared by every index
+        self.text_encoder = first.text_encoder  # (with its query cache)
         self._reference = first.manifest
         searchers = [first] + [self._searcher(d) for d in self.dirs[1:]]
         now = time.time()
@@ -129,12 +130,14 @@ class SearchService:
     def _searcher(self, index_dir: str) -> VideoSearcher:
         model = {k: v for k, v in vars(self.cfg.model).items() if v is not None}
         searcher = VideoSearcher(index_dir, self.cfg.inference.device, precision=self.cfg.inference.precision,
-                                 nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search, **model)
+                                 nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search,
+                                 text_precision=self.cfg.search.text_precision,
+                                 cache_size=self.cfg.search.cache_size, **model)
         if hasattr(self, "encoder"):  # every index but the first, and every reload
             check_same_embeddings(self._reference, searcher.manifest, f"index '{self.dirs[0]}'",
                                   f"index '{index_dir}'", "serve indexes built with the same model together "
                                   "(or run one server per model)", paths=COMPARABLE)
-            searcher.use_encoder(self.encoder)
+            searcher.use_encoder(self.encoder, self.text_encoder)
         return searcher
 
     @property
@@ -329,6 +332,7 @@ class SearchService:
                 "dim": m.get("dim"), "weights_id": s.weights_id, "random_weights": s.random_weights,
                 "segment_s": (m.get("sampling") or {}).get("segment_s"), "updated": m.get("updated"),
                 "loaded_at": index.loaded_at, "reload_error": self.reload_errors.get(index.name),
+                "search": s.search_settings(),
             })
         model = indexes[0].searcher.manifest.get("model") or {}
         limits = self.cfg.limits
@@ -337,7 +341,7 @@ class SearchService:
             "rows": sum(i["rows"] for i in items), "videos": sum(i["videos"] for i in items),
             "model": {k: model.get(k) for k in ("arch", "preset", "num_frames", "embed_dim", "weights_id")},
             "weights_id": self.weights_id, "random_weights": self.random_weights,
-            "faiss": sorted({i["faiss"] for i in items}),
+            "faiss": sorted({i["faiss"] for i in items}), "text_queries": self.text_encoder.stats(),
             "default_k": self.cfg.search.default_k,
             "limits": {"max_query_chars": limits.max_query_chars, "max_k": limits.max_k,
                        "max_offset": limits.max_offset, "max_upload_mb": limits.max_upload_mb},
