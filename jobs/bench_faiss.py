@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tomeray.models.host import process_memory_mb
 
 PRESETS = ("ivf", "hnsw", "ivfpq")
 SHARDS_PER_CORPUS = 20  # at most; shards hold at most 50,000 rows
@@ -38,17 +39,6 @@ FLAT_SINGLE_QUERIES = 100  # exact search is slow one query at a time: time it o
 
 # --------------------------------------------------------------------------------------------
 # subprocesses: one build or one searcher each
-
-
-def _memory_mb() -> dict:
-    """This process's current and peak RSS and its anonymous (not file-backed) part, in MB."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                fields[key] = round(int(value.split()[0]) / 1024, 1)
-    return fields
 
 
 def _child_build(spec: dict) -> dict:
@@ -82,7 +72,7 @@ def _child_search(spec: dict) -> dict:
                        ondisk=bool(entry.get("ondisk")))
     if spec.get("gpu"):
         index = index_to_device(index, "always")
-    loaded = _memory_mb()
+    loaded = process_memory_mb()
     queries = np.load(spec["queries"])
     search_index(index, queries[:8], 10)  # warm-up: thread pool, first page faults
     start = time.perf_counter()
@@ -96,7 +86,7 @@ def _child_search(spec: dict) -> dict:
     single_ms = (time.perf_counter() - start) * 1000 / len(singles)
     np.save(spec["found"], ids)
     return {"ms_per_query": single_ms, "ms_per_query_batch": batch_ms, "rss_loaded": loaded,
-            "rss_searched": _memory_mb()}
+            "rss_searched": process_memory_mb()}
 
 
 def _run_child(spec: dict) -> dict:

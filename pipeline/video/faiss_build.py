@@ -58,7 +58,7 @@ from tomeray.pipeline.video.layout import _read_shard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["embedding_matrix", "faiss_entry", "remove_faiss_files", "update_faiss"]
+__all__ = ["embedding_matrix", "faiss_entry", "remove_faiss_files", "trained_paths", "update_faiss"]
 
 ONDISK_CHOICES = ("auto", "always", "never")
 MEMORY_SHARE = 0.5  # on-disk lists when the index would take more than this share of free memory
@@ -159,14 +159,14 @@ def _sample(selection: list[ShardRows], size: int, seed: int) -> list[ShardRows]
 # files next to the index
 
 
-def _trained_paths(faiss_path: Path, fingerprint: str) -> tuple[Path, Path]:
+def trained_paths(faiss_path: Path, fingerprint: str) -> tuple[Path, Path]:
     stem = f"{faiss_path.stem}.trained-{fingerprint}"
     return faiss_path.parent / f"{stem}.faiss", faiss_path.parent / f"{stem}.json"
 
 
 def _save_trained(faiss_path: Path, template, record: dict) -> dict:
     fingerprint = trained_fingerprint(template)
-    index_file, record_file = _trained_paths(faiss_path, fingerprint)
+    index_file, record_file = trained_paths(faiss_path, fingerprint)
     record = {**record, "trained_fingerprint": fingerprint}
     save_index(template, index_file)
     atomic_write_json(record_file, record)
@@ -174,7 +174,7 @@ def _save_trained(faiss_path: Path, template, record: dict) -> dict:
 
 
 def _load_trained(faiss_path: Path, fingerprint: str):
-    index_file, record_file = _trained_paths(faiss_path, fingerprint)
+    index_file, record_file = trained_paths(faiss_path, fingerprint)
     if not (index_file.is_file() and record_file.is_file()):
         return None, None
     try:
@@ -324,7 +324,7 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
                                          _workers(cfg, selection, None))
         train_s = time.perf_counter() - train_start
         record = _save_trained(faiss_path, template, record)
-        base = load_index(_trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
+        base = load_index(trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
         to_add, drop = selection, np.zeros(0, np.int64)
         if cfg.target_recall and isinstance(inner_index(template), faiss.IndexHNSW):  # queries held back
             truth = GroundTruth(*_read(_sample(selection, cfg.tune_queries, cfg.seed + 1), dim, metric))

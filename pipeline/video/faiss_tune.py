@@ -39,7 +39,8 @@ from tomeray.pipeline.video.faiss_index import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroundTruth", "exact_record", "ids_digest", "tune_build", "tune_index", "tuning_path"]
+__all__ = ["GroundTruth", "apply_search_params", "exact_record", "ids_digest", "tune_build", "tune_index",
+           "tuning_path"]
 
 K = 10  # recall@K is what a preset promises
 TRUTH_DEPTH = 2 * K  # exact neighbours kept per query: removals eat into them before a refill
@@ -228,6 +229,15 @@ def tune_index(index: faiss.Index, truth: GroundTruth, target: float, max_ms: fl
         log.info("FAISS tuning: %s reaches recall@10 %.3f (target %g), %.2f ms/query",
                  _settings(record["search"]), recall, target, ms)
     return record
+
+
+def apply_search_params(index: faiss.Index, params: dict) -> None:
+    """Set an index's saved search defaults (``nprobe``, ``ef_search``, ``k_factor``; None: keep)."""
+    inner = inner_index(index)
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None
+    base = faiss.downcast_index(refine.base_index) if refine is not None else inner
+    hnsw = base if isinstance(base, faiss.IndexHNSW) else None
+    _apply(ivf_or_none(base), hnsw, refine, {k: v for k, v in params.items() if v is not None})
 
 
 def _apply(ivf, hnsw, refine, chosen: dict) -> None:

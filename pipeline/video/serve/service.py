@@ -96,7 +96,8 @@ class SearchService:
     """Loads ``index_dirs`` and answers queries (see the module docstring)."""
 
     def __init__(self, index_dirs: list[str], cfg: ServeConfig | None = None,
-                 metrics: ServiceMetrics | None = None, server: str = "uvicorn", encoder=None):
+                 metrics: ServiceMetrics | None = None, server: str = "uvicorn", encoder=None,
+                 searcher_class=VideoSearcher):
         if not index_dirs:
             raise InputError("no index given: pass one or more index directories made by 'tomeray index'")
         self.cfg = cfg or ServeConfig()
@@ -105,6 +106,7 @@ class SearchService:
         self.dirs = [str(Path(d)) for d in index_dirs]
         self.names = _names(self.dirs)
         self.reload_errors: dict[str, str] = {}
+        self.searcher_class = searcher_class  # (the sharded service's searchers rank on shard replicas)
         first = self._searcher(self.dirs[0])
         if encoder is not None:  # one already built for the indexes' model
             first.use_encoder(encoder)
@@ -129,7 +131,8 @@ class SearchService:
 
     def _searcher(self, index_dir: str) -> VideoSearcher:
         model = {k: v for k, v in vars(self.cfg.model).items() if v is not None}
-        searcher = VideoSearcher(index_dir, self.cfg.inference.device, precision=self.cfg.inference.precision,
+        searcher = self.searcher_class(index_dir, self.cfg.inference.device,
+                                       precision=self.cfg.inference.precision,
                                  nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search,
                                  text_precision=self.cfg.search.text_precision,
                                  cache_size=self.cfg.search.cache_size, **model)
