@@ -25,6 +25,8 @@ def test_bench_faiss_rows_at_a_tiny_scale(tmp_path):
     for r in builds.values():
         assert {"recall_at_10", "speedup_vs_flat", "bytes_per_vector", "build_s", "peak_rss_mb"} <= set(r)
         assert 0 < r["recall_at_10"] <= 1
+    assert builds["ivf"]["search"].startswith("nprobe=") and builds["ivf"]["target_recall"] == 0.95
+    assert 0 < builds["ivf"]["tuned_recall_at_10"] <= 1
     (grown,) = [r for r in rows if r["stage"] == "incremental" and r["index"] == "ivf"]
     assert grown["added"] == 30 and grown["mode"] == "incremental" and grown["add_vs_rebuild"] > 0
 
