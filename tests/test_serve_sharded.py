@@ -115,6 +115,9 @@ def test_sharded_service_answers_like_the_unsharded_index(ray_local, sharded_cor
                 (expected["has_more"], expected["matches"], expected["complete"]), params
         stats = requests.get(url + "/api/stats", headers=AUTH, timeout=60).json()
         assert stats["indexes"][0]["search"]["shards"] == shards and stats["rows"] == N
+        replicas = stats["indexes"][0]["search"]["shard_replicas"]
+        assert [r["rows"] for r in replicas] == [i["rows"] for i in infos]
+        assert all(r["memory_loaded_mb"]["RssAnon"] > 0 for r in replicas)
     finally:
         serve.shutdown()  # (the next deployment starts its HTTP proxy on its own port)
 

@@ -35,7 +35,7 @@ class ServeRayConfig:
     replicas: int = 2  # each holds its own encoder and indexes
     num_cpus: float = 1.0  # CPUs reserved per replica
     threads: int = 0  # torch threads per replica (0: its reserved CPUs, at least 1)
-    shards: int = 1  # > 1: the index's rows split over this many shard replicas (by video_id % shards)
+    shards: int = 0  # > 0: the index's rows split over this many shard replicas (by video_id % shards)
     shard_cpus: float = 0.5  # CPUs reserved per shard replica
 
 

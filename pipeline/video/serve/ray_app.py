@@ -59,7 +59,7 @@ def application(index_dirs: list[str], cfg: ServeConfig, token: str | None):
     """The bound Ray Serve application: ``cfg.ray.replicas`` replicas of ``cfg.ray.num_cpus`` CPUs."""
     dirs = [os.path.abspath(d) for d in index_dirs]
     shards = None
-    if cfg.ray.shards > 1:
+    if cfg.ray.shards > 0:
         from tomeray.pipeline.video.serve.shards import shard_deployments
 
         shards = shard_deployments(dirs[0], cfg.ray.shards, cfg)
@@ -104,7 +104,7 @@ def serve_ray(index_dirs: list[str], cfg: ServeConfig, host: str, port: int, tok
         raise InputError("--port 0 is not supported with --ray; give a port")
     init_ray(address or cfg.ray.address)
     url = deploy(index_dirs, cfg, host, port, token)
-    sharded = f", {cfg.ray.shards} shards" if cfg.ray.shards > 1 else ""
+    sharded = f", {cfg.ray.shards} shard(s)" if cfg.ray.shards else ""
     print(f"serving {', '.join(index_dirs)} on Ray Serve ({cfg.ray.replicas} replica(s){sharded}) at {url}  "
           f"(API docs: {url}/docs)")
     print(weights_line(str(manifests[0].get("weights_id", "")), "search results are not meaningful"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -144,8 +145,16 @@ class ShardedSearcher(VideoSearcher):
         params = {k: v for k, v in (entry.get("params") or {}).items() if v is not None}
         overrides = {"nprobe": self.nprobe, "ef_search": self.ef_search}
         params.update({k: v for k, v in overrides.items() if v is not None and k in params})
+        def fetch() -> list[dict]:
+            return [h.info.remote().result(timeout_s=SHARD_CALL_TIMEOUT_S) for h in self.handles]
+
+        try:  # (on a thread of its own: a blocking call must not come from the server's event loop)
+            with ThreadPoolExecutor(1) as pool:
+                replicas = pool.submit(fetch).result()
+        except Exception as e:  # noqa: BLE001 - stats still answer while a shard restarts
+            replicas = [f"unavailable: {type(e).__name__}"]
         return {"factory": entry.get("factory") or "Flat", "params": params, "tuning": entry.get("tuning"),
-                "shards": len(self.handles)}
+                "shards": len(self.handles), "shard_replicas": replicas}
 
     def rank(self, queries: np.ndarray, want: int, filters=None) -> Ranking:
         queries = np.ascontiguousarray(queries, np.float32)
