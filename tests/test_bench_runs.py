@@ -31,13 +31,14 @@ def test_bench_faiss_rows_at_a_tiny_scale(tmp_path):
     assert grown["added"] == 30 and grown["mode"] == "incremental" and grown["add_vs_rebuild"] > 0
 
 
+@pytest.mark.timeout(600)
 def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     out = tmp_path / "serve.json"
     result = subprocess.run(
         [sys.executable, "-m", "tomeray.jobs.bench_serve", "--rows", "2000", "--servers", "uvicorn",
          "--clients", "1,4", "--requests", "8", "--seconds", "10", "--join-sizes", "1000",
          "--workdir", str(tmp_path / "work"), "--text-precision", "--json", str(out)],
-        capture_output=True, text=True, cwd=REPO, timeout=240)
+        capture_output=True, text=True, cwd=REPO, timeout=540)  # (it starts three servers)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
