@@ -266,11 +266,14 @@ def tune_build(faiss_path: Path, index: faiss.Index, truth: GroundTruth | None, 
     if isinstance(inner_index(index), faiss.IndexFlat):
         tuning_path(faiss_path).unlink(missing_ok=True)
         return exact_record(cfg.target_recall)
-    if truth is None or truth.usable(K).sum() < len(truth) // 2:
-        truth = full_truth()
+    held = (truth.queries, truth.query_ids) if held_back and truth is not None else None
+    partial = truth is not None and truth.usable(K).sum() >= len(truth) // 2
+    if not partial:
+        truth = full_truth()  # (over every row, held-back ones included)
     record = tune_index(index, truth, float(cfg.target_recall), float(cfg.max_search_ms), floor)
-    if held_back:
-        index.add_with_ids(truth.queries, truth.query_ids)
-        truth.update(truth.queries, truth.query_ids)
+    if held is not None:  # the held-back rows join the index, and the truth as neighbours
+        index.add_with_ids(*held)
+        if partial:
+            truth.update(*held)
     truth.save(tuning_path(faiss_path), ids_digest(index))
     return record
