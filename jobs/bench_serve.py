@@ -247,7 +247,7 @@ def load(url: str, clients: int, requests: int, seconds: float, k: int) -> dict:
 def run_servers(index_dir: Path, servers: list[str], clients: list[int], requests: int, seconds: float,
                 k: int, port: int) -> list[dict]:
     rows = []
-    common = ["inference.device=cpu", "server.reload_s=0"]
+    common = ["inference.device=cpu", "server.reload_s=0", "search.cache_size=0"]  # every query encoded
     for name in servers:
         if name == "uvicorn":
             args = [str(index_dir), "--port", "0", *common]
@@ -271,7 +271,8 @@ def run_sharded(index_dir: Path, shards: list[int], requests: int, seconds: floa
     rows = []
     for s in shards:
         args = [str(index_dir), "--ray", "--replicas", "1", "--shards", str(s), "--port", str(port),
-                "ray.num_cpus=1", "ray.shard_cpus=0.5", "inference.device=cpu", "server.reload_s=0"]
+                "ray.num_cpus=1", "ray.shard_cpus=0.5", "inference.device=cpu", "server.reload_s=0",
+                "search.cache_size=0"]
         with Server(args) as server:
             measured = load(server.url, 1, requests, seconds, k)
             connection = http.client.HTTPConnection(*server.url.removeprefix("http://").rsplit(":", 1))
