@@ -122,7 +122,7 @@ def test_sharded_service_answers_like_the_unsharded_index(ray_local, sharded_cor
         serve.shutdown()  # (the next deployment starts its HTTP proxy on its own port)
 
 
-def test_a_killed_shard_is_restarted_and_a_hot_swap_reaches_every_shard(ray_local, identity, tmp_path):
+def test_a_killed_sharded_replica_restarts_and_a_hot_swap_reaches_every_shard(ray_local, identity, tmp_path):
     import ray
     from ray import serve
     from tomeray.pipeline.video.serve.ray_app import APP_NAME
