@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tomeray.models.host import process_memory_mb
 
 PRESETS = ("ivf", "hnsw", "ivfpq")
 SHARDS_PER_CORPUS = 20  # at most; shards hold at most 50,000 rows
@@ -38,17 +39,6 @@ FLAT_SINGLE_QUERIES = 100  # exact search is slow one query at a time: time it o
 
 # --------------------------------------------------------------------------------------------
 # subprocesses: one build or one searcher each
-
-
-def _memory_mb() -> dict:
-    """This process's current and peak RSS and its anonymous (not file-backed) part, in MB."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                fields[key] = round(int(value.split()[0]) / 1024, 1)
-    return fields
 
 
 def _child_build(spec: dict) -> dict:
@@ -82,7 +72,7 @@ def _child_search(spec: dict) -> dict:
                        ondisk=bool(entry.get("ondisk")))
     if spec.get("gpu"):
         index = index_to_device(index, "always")
-    loaded = _memory_mb()
+    loaded = process_memory_mb()
     queries = np.load(spec["queries"])
     search_index(index, queries[:8], 10)  # warm-up: thread pool, first page faults
     start = time.perf_counter()
@@ -96,7 +86,7 @@ def _child_search(spec: dict) -> dict:
     single_ms = (time.perf_counter() - start) * 1000 / len(singles)
     np.save(spec["found"], ids)
     return {"ms_per_query": single_ms, "ms_per_query_batch": batch_ms, "rss_loaded": loaded,
-            "rss_searched": _memory_mb()}
+            "rss_searched": process_memory_mb()}
 
 
 def _run_child(spec: dict) -> dict:
@@ -190,6 +180,7 @@ def run_faiss_bench(n: int, dim: int = 512, n_queries: int = 1000, *, presets: t
             rows.append({
                 "stage": "build", "index": preset, "factory": entry["factory"], "n": n_p, "dim": dim,
                 "n_queries": n_queries, "search": _settings(entry["params"]),
+                **_tuning_fields(entry.get("tuning")),
                 "build_s": round(built["build_s"], 2), "train_s": entry["build"].get("train_s"),
                 "recall_at_10": searched["recall_at_10"],
                 "ms_per_query": round(searched["ms_per_query"], 4),
@@ -251,17 +242,28 @@ def _distributed_rows(bench: _Bench, n: int) -> list[dict]:
     return rows
 
 
+def _tuning_fields(tuning: dict | None) -> dict:
+    """What the build's own tuning chose and measured (on held-out corpus rows; the row's
+    ``recall_at_10`` is measured on this benchmark's fresh queries)."""
+    if not tuning:
+        return {"target_recall": None}
+    return {"target_recall": tuning["target_recall"], "tuned_recall_at_10": tuning["recall_at_10"],
+            "tuning_met": tuning["met"], "tuning_s": tuning.get("seconds")}
+
+
 def _settings(params: dict) -> str:
     return ",".join(f"{k}={v:g}" for k, v in params.items() if v is not None) or "exact"
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'index':<6} {'factory':<27} {'n':>8} {'build_s':>8} {'recall@10':>9} {'ms/q':>8} "
+    header = (f"{'index':<6} {'factory':<27} {'n':>8} {'build_s':>8} {'search':<16} {'recall@10':>9} "
+              f"{'ms/q':>8} "
               f"{'ms/q bat':>8} {'x flat':>7} {'x bat':>6} {'B/vec':>7} {'peak MB':>8} {'/raw':>5}")
     lines = [header, "-" * len(header)]
     for r in (r for r in rows if r["stage"] == "build"):
         lines.append(f"{r['index']:<6} {r['factory']:<27} {r['n']:>8} {r['build_s']:>8.1f} "
-                     f"{r['recall_at_10']:>9.3f} {r['ms_per_query']:>8.3f} {r['ms_per_query_batch']:>8.3f} "
+                     f"{r['search']:<16} {r['recall_at_10']:>9.3f} {r['ms_per_query']:>8.3f} "
+                     f"{r['ms_per_query_batch']:>8.3f} "
                      f"{r['speedup_vs_flat']:>7.1f} {r['speedup_vs_flat_batch']:>6.1f} "
                      f"{r['bytes_per_vector'] or 0:>7.0f} {r['peak_rss_mb']:>8.0f} {r['rss_vs_raw']:>5.2f}")
     for r in rows:

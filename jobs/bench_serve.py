@@ -247,7 +247,7 @@ def load(url: str, clients: int, requests: int, seconds: float, k: int) -> dict:
 def run_servers(index_dir: Path, servers: list[str], clients: list[int], requests: int, seconds: float,
                 k: int, port: int) -> list[dict]:
     rows = []
-    common = ["inference.device=cpu", "server.reload_s=0"]
+    common = ["inference.device=cpu", "server.reload_s=0", "search.cache_size=0"]  # every query encoded
     for name in servers:
         if name == "uvicorn":
             args = [str(index_dir), "--port", "0", *common]
@@ -260,6 +260,66 @@ def run_servers(index_dir: Path, servers: list[str], clients: list[int], request
                              **load(server.url, c, requests, seconds, k)})
                 print(f"  {rows[-1]['server']:>13}  {c:>2} clients: p50 {rows[-1]['p50_ms']:.1f} ms, "
                       f"{rows[-1]['qps']:.1f} q/s", flush=True)
+    return rows
+
+
+def run_sharded(index_dir: Path, shards: list[int], requests: int, seconds: float, k: int,
+                port: int) -> list[dict]:
+    """Ray Serve with the index split over S shard replicas (one front replica): 1-client latency and
+    what each shard replica holds (its anonymous memory growth while loading its part: the index
+    memory; its peak RSS, which also counts the index file's mapped pages it read)."""
+    rows = []
+    for s in shards:
+        args = [str(index_dir), "--ray", "--replicas", "1", "--shards", str(s), "--port", str(port),
+                "ray.num_cpus=1", "ray.shard_cpus=0.5", "inference.device=cpu", "server.reload_s=0",
+                "search.cache_size=0"]
+        with Server(args) as server:
+            measured = load(server.url, 1, requests, seconds, k)
+            connection = http.client.HTTPConnection(*server.url.removeprefix("http://").rsplit(":", 1))
+            connection.request("GET", "/api/stats")
+            replicas = json.loads(connection.getresponse().read())["indexes"][0]["search"]["shard_replicas"]
+        index_mb = [round(r["memory_loaded_mb"]["RssAnon"] - r["memory_before_mb"]["RssAnon"], 1)
+                    for r in replicas]
+        rows.append({"server": f"ray-serve, {s} shard(s)", "shards": s, **measured,
+                     "shard_rows": [r["rows"] for r in replicas], "shard_index_mb": index_mb,
+                     "shard_peak_rss_mb": [r["memory_mb"]["VmHWM"] for r in replicas]})
+        print(f"  {s} shard(s): p50 {measured['p50_ms']:.1f} ms, index memory per shard {index_mb} MB",
+              flush=True)
+    one = next((r for r in rows if r["shards"] == 1), None)
+    for r in rows:
+        if one:
+            r["index_mb_vs_1_shard"] = round(max(r["shard_index_mb"]) / max(one["shard_index_mb"][0], 1e-9),
+                                             3)
+    return rows
+
+
+def run_text_precision(index_dir: Path, encoder, requests: int, seconds: float, k: int) -> list[dict]:
+    """The text tower in fp32 and int8: per query the cosine between the two embeddings and the
+    overlap of their top 10, and the served 1-client latency (query cache off, so every query
+    runs the tower)."""
+    from tomeray.pipeline.video.query_text import QueryTextEncoder
+    from tomeray.pipeline.video.search import VideoSearcher
+
+    searcher = VideoSearcher(index_dir, "cpu")
+    searcher.use_encoder(encoder)
+    fp32 = QueryTextEncoder(encoder).encode(QUERIES)
+    int8 = QueryTextEncoder(encoder, "int8").encode(QUERIES)
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    top = [searcher.rank(v, 10).ids for v in (fp32, int8)]
+    overlap = [len(np.intersect1d(a, b)) / 10 for a, b in zip(*top)]
+    rows = []
+    for precision in ("fp32", "int8"):
+        args = [str(index_dir), "--port", "0", "inference.device=cpu", "server.reload_s=0",
+                f"search.text_precision={precision}", "search.cache_size=0"]
+        with Server(args) as server:
+            measured = load(server.url, 1, requests, seconds, k)
+        rows.append({"server": f"uvicorn, text {precision}", "text_precision": precision, **measured,
+                     "cosine_min": 1.0 if precision == "fp32" else float(cosine.min()),
+                     "cosine_mean": 1.0 if precision == "fp32" else float(cosine.mean()),
+                     "top10_overlap": 1.0 if precision == "fp32" else float(np.mean(overlap)),
+                     "top10_overlap_min": 1.0 if precision == "fp32" else float(np.min(overlap))})
+        print(f"  text {precision}: p50 {measured['p50_ms']:.1f} ms, encode {measured['encode_ms']:.1f} ms",
+              flush=True)
     return rows
 
 
@@ -296,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tomeray-bench-serve"),
                         help="where the synthetic indexes are written (kept and reused)")
     parser.add_argument("--port", type=int, default=8765, help="Ray Serve's HTTP port")
+    parser.add_argument("--shards", default="", help="also Ray Serve with the index in S shards, e.g. 1,2")
+    parser.add_argument("--text-precision", action="store_true",
+                        help="also the text tower in fp32 vs int8 (fidelity and 1-client latency)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
@@ -311,13 +374,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"index: {args.rows} rows ({args.faiss}), text tower {ARCH} with random weights", flush=True)
     rows, parity = baseline_and_parity(encoder, index_dir, args.k, repeats=60)
     rows[1]["parity_max_abs"] = parity
+    extra_rows = run_text_precision(index_dir, encoder, args.requests, args.seconds, args.k) \
+        if args.text_precision else []
     del encoder
     rows += run_servers(index_dir, [s for s in args.servers.split(",") if s],
                         [int(c) for c in args.clients.split(",")], args.requests, args.seconds, args.k,
                         args.port)
+    if args.shards:
+        extra_rows += run_sharded(index_dir, [int(s) for s in args.shards.split(",")], args.requests,
+                                  args.seconds, args.k, args.port)
     joins = join_sizes([int(n) for n in args.join_sizes.split(",") if n], args.workdir, args.k)
 
-    print(format_table(rows))
+    print(format_table(rows + extra_rows))
+    for r in extra_rows:
+        if "shards" in r:
+            print(f"{r['server']}: rows per shard {r['shard_rows']}, index memory per shard "
+                  f"{r['shard_index_mb']} MB ({r.get('index_mb_vs_1_shard', float('nan')):.2f}x 1 shard), "
+                  f"peak RSS per shard {r['shard_peak_rss_mb']} MB")
+        else:
+            print(f"{r['server']}: cosine to fp32 min {r['cosine_min']:.4f}, top-10 overlap mean "
+                  f"{r['top10_overlap']:.3f} (min {r['top10_overlap_min']:.2f})")
     base = rows[0]
     for name in dict.fromkeys(r["server"] for r in rows[2:]):
         mine = {r["clients"]: r for r in rows if r["server"] == name}
@@ -332,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         extra = {"index_rows": args.rows, "faiss": args.faiss}
-        args.json.write_text(json.dumps([{**r, **extra} for r in rows] + joins, indent=2) + "\n")
+        rows = [{**r, **extra} for r in rows + extra_rows]
+        args.json.write_text(json.dumps(rows + joins, indent=2) + "\n")
     return 0
 
 

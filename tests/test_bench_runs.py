@@ -25,17 +25,20 @@ def test_bench_faiss_rows_at_a_tiny_scale(tmp_path):
     for r in builds.values():
         assert {"recall_at_10", "speedup_vs_flat", "bytes_per_vector", "build_s", "peak_rss_mb"} <= set(r)
         assert 0 < r["recall_at_10"] <= 1
+    assert builds["ivf"]["search"].startswith("nprobe=") and builds["ivf"]["target_recall"] == 0.95
+    assert 0 < builds["ivf"]["tuned_recall_at_10"] <= 1
     (grown,) = [r for r in rows if r["stage"] == "incremental" and r["index"] == "ivf"]
     assert grown["added"] == 30 and grown["mode"] == "incremental" and grown["add_vs_rebuild"] > 0
 
 
+@pytest.mark.timeout(600)
 def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     out = tmp_path / "serve.json"
     result = subprocess.run(
         [sys.executable, "-m", "tomeray.jobs.bench_serve", "--rows", "2000", "--servers", "uvicorn",
          "--clients", "1,4", "--requests", "8", "--seconds", "10", "--join-sizes", "1000",
-         "--workdir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, cwd=REPO, timeout=240)
+         "--workdir", str(tmp_path / "work"), "--text-precision", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=540)  # (it starts three servers)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
@@ -44,6 +47,10 @@ def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     for r in served:
         assert {"p50_ms", "p99_ms", "qps"} <= set(r) and r["qps"] > 0
     assert "random weights" in result.stdout
+    precision = {r["text_precision"]: r for r in rows if "text_precision" in r}
+    assert set(precision) == {"fp32", "int8"} and precision["fp32"]["cosine_min"] == 1.0
+    assert 0.9 < precision["int8"]["cosine_min"] < 1 and 0 <= precision["int8"]["top10_overlap"] <= 1
+    assert all(r["p50_ms"] > 0 for r in precision.values())
 
 
 def test_bench_shots_rows_at_a_tiny_scale(tmp_path):

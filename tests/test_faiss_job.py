@@ -4,6 +4,8 @@ an IVF index over the segments of one video does not retrain it (same trained pa
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from media import write_video
@@ -11,6 +13,7 @@ from tomeray.pipeline.video.cli import main
 from tomeray.pipeline.video.faiss_build import embedding_matrix
 from tomeray.pipeline.video.layout import IndexLayout
 from tomeray.pipeline.video.search import VideoSearcher
+from tomeray.pipeline.video.search_cli import main as search_main
 
 FAST = ["model.arch=ViT-S-32", "model.pretrained=none", "model.preset=none", "model.num_frames=4",
         "inference.device=cpu", "ray.progress=false", "ray.actors.count=1"]
@@ -27,7 +30,16 @@ def test_a_rerun_adds_two_videos_without_retraining(ray_local, tmp_path, capsys)
     first = layout.read_manifest()["faiss"]
     assert first["factory"] == "IVF4,Flat" and first["build"]["mode"] == "trained"
     assert first["ntotal"] == first["trained_on"] == 8  # 16 s of video in 2 s windows
-    capsys.readouterr()
+    tuning = first["tuning"]  # measured on held-out rows against exact search, saved with the index
+    assert tuning["search"] == {"nprobe": first["params"]["nprobe"]} and 0 <= tuning["recall_at_10"] <= 1
+    assert tuning["target_recall"] == 0.95 and tuning["queries"] == 8
+    assert f"FAISS search tuned: nprobe={first['params']['nprobe']}: recall@10 " in capsys.readouterr().out
+    assert search_main([str(out), "people", "--json", "inference.device=cpu"]) == 0
+    shown = json.loads(capsys.readouterr().out)["faiss"]
+    assert shown == {"factory": "IVF4,Flat", "params": {"nprobe": first["params"]["nprobe"]},
+                     "tuning": tuning}
+    assert search_main([str(out), "people", "--json", "--nprobe", "4", "inference.device=cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["faiss"]["params"] == {"nprobe": 4}  # the override wins
 
     new = [write_video(tmp_path / f"new {i}.avi", 15, 160, 120, seed=20 + i) for i in range(2)]  # 1 window
     assert main([str(first_video), *map(str, new), "--out", str(out), *IVF]) == 0

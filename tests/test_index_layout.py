@@ -52,7 +52,7 @@ def test_relative_ids_are_the_same_wherever_the_corpus_is_mounted(tmp_path):
         id_key(tmp_path / "m1/sub/v.mp4", root=tmp_path / "m2")
 
 
-def test_read_embeddings_unions_shards_and_deduplicates(tmp_path):
+def test_read_embeddings_unions_parquet_parts_and_deduplicates(tmp_path):
     layout = IndexLayout(tmp_path)
     layout.write_embeddings(rows([1, 2], ["/a", "/b"], value=1.0), "20240101T000000Z-aaaa-00000")
     layout.write_embeddings(rows([2, 3], ["/b", "/c"], value=2.0), "20240102T000000Z-bbbb-00000")
@@ -136,7 +136,7 @@ def test_results_without_a_manifest_are_not_trusted(tmp_path):
         layout.open(index_header({"arch": "x"}, "w", 4, {}, None))
 
 
-def test_unreadable_shard_is_reported_with_its_path(tmp_path):
+def test_unreadable_parquet_part_is_reported_with_its_path(tmp_path):
     layout = IndexLayout(tmp_path)
     layout.embeddings_dir.mkdir(parents=True)
     (layout.embeddings_dir / "part-bad.parquet").write_bytes(b"garbage")

@@ -25,7 +25,7 @@ def synthetic(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("meta") / "idx")
 
 
-def test_lookup_table_matches_the_shards_and_is_memory_mapped(synthetic):
+def test_lookup_table_matches_the_parquet_parts_and_is_memory_mapped(synthetic):
     layout, _ = synthetic
     table = MetadataTable.open(layout)
     expected = layout.read_embeddings(["video_id", "path", "start_s", "end_s", "duration_s"]).to_pylist()

@@ -49,9 +49,22 @@ def print_summary(s: IndexSummary, merged: bool = False) -> None:
         lines.append(f"FAISS {s.faiss['factory']}: {b['mode']}{why}; {b['added']} vectors added, "
                      f"{b['removed']} removed, {s.faiss['ntotal']} in all "
                      f"(trained on {s.faiss['trained_on']})")
+    if tuning := s.faiss.get("tuning"):
+        lines.append(tuning_line(tuning))
     if s.adapter:
         lines.append(s.adapter)
     print_report(lines, s.weights_id, "not meaningful for retrieval", s.failures, f"{s.out}/errors")
+
+
+def tuning_line(tuning: dict) -> str:
+    """The summary's line on the tuned search settings (a WARNING when the target is missed)."""
+    if tuning.get("exact"):
+        return f"FAISS search: exact (recall@10 1.0, target {tuning['target_recall']:g})"
+    search = ", ".join(f"{k}={v:g}" for k, v in tuning.get("search", {}).items()) or "defaults"
+    line = (f"FAISS search tuned: {search}: recall@10 {tuning['recall_at_10']:.3f} on "
+            f"{tuning['queries']} held-out rows (target {tuning['target_recall']:g}), "
+            f"{tuning['ms_per_query']:.2f} ms/query")
+    return line if tuning.get("met") else f"WARNING: {tuning['warning']}\n{line}"
 
 
 def _run(args, inputs: list[str], overrides: list[str]) -> int:

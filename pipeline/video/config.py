@@ -128,8 +128,14 @@ class SearchModelConfig:
 
 
 @dataclass
+class SearchQueryConfig:
+    text_precision: str = "fp32"  # text tower: fp32 | int8 (dynamic int8 linear layers, CPU)
+
+
+@dataclass
 class SearchConfig:
     """Configuration of ``tomeray search`` (defaults: ``configs/search.yaml``)."""
 
     model: SearchModelConfig = field(default_factory=SearchModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    search: SearchQueryConfig = field(default_factory=SearchQueryConfig)

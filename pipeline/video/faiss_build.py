@@ -53,11 +53,12 @@ from tomeray.pipeline.video.faiss_index import (
     trained_fingerprint,
 )
 from tomeray.pipeline.video.faiss_merge import IndexMerger, check_mergeable, encode_part, ondisk_file
+from tomeray.pipeline.video.faiss_tune import GroundTruth, ids_digest, tune_build, tuning_path
 from tomeray.pipeline.video.layout import _read_shard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["embedding_matrix", "faiss_entry", "remove_faiss_files", "update_faiss"]
+__all__ = ["embedding_matrix", "faiss_entry", "remove_faiss_files", "trained_paths", "update_faiss"]
 
 ONDISK_CHOICES = ("auto", "always", "never")
 MEMORY_SHARE = 0.5  # on-disk lists when the index would take more than this share of free memory
@@ -158,14 +159,14 @@ def _sample(selection: list[ShardRows], size: int, seed: int) -> list[ShardRows]
 # files next to the index
 
 
-def _trained_paths(faiss_path: Path, fingerprint: str) -> tuple[Path, Path]:
+def trained_paths(faiss_path: Path, fingerprint: str) -> tuple[Path, Path]:
     stem = f"{faiss_path.stem}.trained-{fingerprint}"
     return faiss_path.parent / f"{stem}.faiss", faiss_path.parent / f"{stem}.json"
 
 
 def _save_trained(faiss_path: Path, template, record: dict) -> dict:
     fingerprint = trained_fingerprint(template)
-    index_file, record_file = _trained_paths(faiss_path, fingerprint)
+    index_file, record_file = trained_paths(faiss_path, fingerprint)
     record = {**record, "trained_fingerprint": fingerprint}
     save_index(template, index_file)
     atomic_write_json(record_file, record)
@@ -173,7 +174,7 @@ def _save_trained(faiss_path: Path, template, record: dict) -> dict:
 
 
 def _load_trained(faiss_path: Path, fingerprint: str):
-    index_file, record_file = _trained_paths(faiss_path, fingerprint)
+    index_file, record_file = trained_paths(faiss_path, fingerprint)
     if not (index_file.is_file() and record_file.is_file()):
         return None, None
     try:
@@ -198,6 +199,7 @@ def _clean_up(faiss_path: Path, fingerprint: str | None, ivfdata: str | None) ->
 def remove_faiss_files(faiss_path: Path) -> None:
     """Delete the index file and its companions (an index built without FAISS has none)."""
     faiss_path.unlink(missing_ok=True)
+    tuning_path(faiss_path).unlink(missing_ok=True)
     _clean_up(faiss_path, None, None)
 
 
@@ -256,11 +258,14 @@ def _train(shards: list[ShardRows], cfg: FaissConfig, dim: int, metric: str, n_r
     template, factory = new_index(cfg.factory, n_rows, dim, metric)
     size = 0
     node = "local"
+    held_out = None  # queries for tuning: a share of the training sample (read already)
     if not template.is_trained:
         size = min(n_rows, cfg.train_size or default_train_size(template))
         if size < 1:
             raise ConfigError(f"faiss.train_size must be positive, got {cfg.train_size}")
-        sample, _ = _read(_sample(shards, size, cfg.seed), dim, metric)
+        sample, sample_ids = _read(_sample(shards, size, cfg.seed), dim, metric)
+        pick = np.random.default_rng(cfg.seed + 1).permutation(len(sample))[:cfg.tune_queries]
+        held_out = GroundTruth(sample[pick], sample_ids[pick])
         if workers:
             from tomeray.pipeline.video.faiss_ray import train_on_worker
 
@@ -270,7 +275,7 @@ def _train(shards: list[ShardRows], cfg: FaissConfig, dim: int, metric: str, n_r
         del sample
     record = {"spec": cfg.factory, "factory": factory, "dim": dim, "metric": metric, "trained_on": size,
               "sampled_from": n_rows if size else 0, "trained_node": node}
-    return template, record
+    return template, record, held_out
 
 
 def _wants_ondisk(cfg: FaissConfig, template, previous, n_rows: int) -> bool:
@@ -315,14 +320,20 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
         mode = "trained" if reason == "no trained index yet" else "retrained"
         log.info("training the FAISS index: %s", reason)
         train_start = time.perf_counter()
-        template, record = _train(selection, cfg, dim, metric, len(all_ids), _workers(cfg, selection, None))
+        template, record, truth = _train(selection, cfg, dim, metric, len(all_ids),
+                                         _workers(cfg, selection, None))
         train_s = time.perf_counter() - train_start
         record = _save_trained(faiss_path, template, record)
-        base = load_index(_trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
+        base = load_index(trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
         to_add, drop = selection, np.zeros(0, np.int64)
+        if cfg.target_recall and isinstance(inner_index(template), faiss.IndexHNSW):  # queries held back
+            truth = GroundTruth(*_read(_sample(selection, cfg.tune_queries, cfg.seed + 1), dim, metric))
     else:
         mode, train_s = "incremental", 0.0
         to_add, drop = _changes(base, selection, all_ids, (prior or {}).get("covered_through"))
+        truth = GroundTruth.load(tuning_path(faiss_path), ids_digest(base))  # kept exact as rows change
+        if truth is not None:
+            truth.drop(drop)
     check_mergeable(template)
     n_add = sum(len(s.rows) for s in to_add)
     build = {"mode": mode, "reason": reason, "added": n_add, "removed": int(len(drop)), "workers": 0,
@@ -330,24 +341,39 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
     if mode == "incremental" and n_add == 0 and len(drop) == 0:
         _clean_up(faiss_path, record["trained_fingerprint"], ondisk_file(base))
         return _entry(faiss_path, base, record, latest, ondisk_file(base), {**build, "mode": "unchanged"},
-                      started)
+                      started, (prior or {}).get("tuning"))
     ondisk = _wants_ondisk(cfg, template, base, len(all_ids))
     ivfdata = faiss_path.parent / f"{faiss_path.stem}-{time.time_ns():x}.ivfdata" if ondisk else None
     merger = IndexMerger(base, template, drop, ivfdata)
     del base
     groups = _groups(to_add, cfg.group_rows)
+    held_back = mode != "incremental" and truth is not None and isinstance(inner_index(template),
+                                                                            faiss.IndexHNSW)
     build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
-    for part, node in _parts(template, groups, dim, metric, build["workers"]):
+
+    def read(group):  # every row the build reads is scored against the tuning queries too
+        vectors, ids = _read(group, dim, metric)
+        if truth is not None:
+            if held_back:
+                keep = ~np.isin(ids, truth.query_ids)
+                vectors, ids = vectors[keep], ids[keep]
+            truth.update(vectors, ids)
+        return vectors, ids
+
+    for part, node in _parts(template, groups, read, build["workers"]):
         merger.add(part)
         build["nodes"][node] = build["nodes"].get(node, 0) + 1
         del part
     index = merger.finish()
     del merger
+    tuning = tune_build(faiss_path, index, truth, cfg, lambda: _full_truth(selection, cfg, dim, metric),
+                        held_back, (prior or {}).get("params") if mode == "incremental" else None)
     if ondisk and before_ondisk_swap is not None:
         before_ondisk_swap()
     save_index(index, faiss_path)
     _clean_up(faiss_path, record["trained_fingerprint"], ivfdata.name if ivfdata else None)
-    entry = _entry(faiss_path, index, record, latest, ivfdata.name if ivfdata else None, build, started)
+    entry = _entry(faiss_path, index, record, latest, ivfdata.name if ivfdata else None, build, started,
+                   tuning)
     log.info("FAISS index %s: %s, %d vectors added, %d removed, %d in all (%.1f s)", record["factory"],
              mode, n_add, len(drop), entry["ntotal"], entry["build"]["seconds"])
     return entry
@@ -379,10 +405,15 @@ def _workers(cfg: FaissConfig, selection: list[ShardRows], template) -> int:
     return ray_workers(cfg.workers, len(_groups(selection, cfg.group_rows)))
 
 
-def _parts(template, groups: list, dim: int, metric: str, workers: int):
-    def read(group):
-        return _read(group, dim, metric)
+def _full_truth(selection: list[ShardRows], cfg: FaissConfig, dim: int, metric: str) -> GroundTruth:
+    """Held-out queries and their exact neighbours over every row (one pass over the shards)."""
+    truth = GroundTruth(*_read(_sample(selection, cfg.tune_queries, cfg.seed + 1), dim, metric))
+    for group in _groups(selection, cfg.group_rows):
+        truth.update(*_read(group, dim, metric))
+    return truth
 
+
+def _parts(template, groups: list, read: Callable, workers: int):
     if workers:
         from tomeray.pipeline.video.faiss_ray import encode_on_workers
 
@@ -393,7 +424,7 @@ def _parts(template, groups: list, dim: int, metric: str, workers: int):
 
 
 def _entry(faiss_path: Path, index, record: dict, latest: str | None, ivfdata: str | None, build: dict,
-           started: float) -> dict:
+           started: float, tuning: dict | None) -> dict:
     """The manifest's ``faiss`` record of a built index."""
     ntotal = int(index.ntotal)
     size = _file_bytes(faiss_path, ivfdata)
@@ -402,7 +433,8 @@ def _entry(faiss_path: Path, index, record: dict, latest: str | None, ivfdata: s
     entry.update(ntotal=ntotal, index_bytes=size,
                  bytes_per_vector=round(size / ntotal, 1) if ntotal else None, ondisk=ivfdata,
                  mmap=_mapped_part(entry["factory"], ivfdata), params=search_defaults(index),
-                 covered_through=latest, build={**build, "seconds": round(time.perf_counter() - started, 3)})
+                 covered_through=latest, tuning=tuning,
+                 build={**build, "seconds": round(time.perf_counter() - started, 3)})
     return entry
 
 

@@ -19,3 +19,6 @@ class FaissConfig:
     group_rows: int = 100_000  # rows read and encoded at once: bounds the build's memory
     ondisk: str = "auto"  # IVF lists in an .ivfdata file: auto (index > half the free memory), always, never
     seed: int = 0  # of the training sample
+    target_recall: float = 0.95  # search settings tuned to reach this recall@10 (0: keep the presets')
+    max_search_ms: float = 50.0  # ... at most this many ms per query (one thread); else a warning
+    tune_queries: int = 200  # held-out rows the tuning measures recall on

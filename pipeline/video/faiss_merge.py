@@ -32,7 +32,8 @@ from tomeray.pipeline.video.faiss_index import (
 )
 from tomeray.pipeline.video.faiss_runtime import quiet_stdout
 
-__all__ = ["IndexMerger", "check_mergeable", "encode_part", "ondisk_file", "part_template", "remove_ids"]
+__all__ = ["IndexMerger", "check_mergeable", "encode_part", "ondisk_file", "part_template", "remove_ids",
+           "subset"]
 
 
 def _split(index: faiss.Index) -> tuple[faiss.Index | None, faiss.Index | None]:
@@ -178,6 +179,41 @@ def remove_ids(index: faiss.Index, drop: np.ndarray, template: faiss.Index | Non
     _set_ids(index, ids[keep])
     _set_ntotal(index, int(keep.sum()))
     return index
+
+
+def subset(index: faiss.Index, keep: np.ndarray, template: faiss.Index, chunk: int = 65_536) -> faiss.Index:
+    """A new index, made from an empty copy of ``template`` (the same trained parts), holding the
+    rows of ``index`` where ``keep`` (bool, by position) is set, in their order. ``index`` is only
+    read, a list or a chunk at a time, so it may be memory-mapped: only the subset is held."""
+    out = deserialize_index(serialize_index(template))
+    ids = index_ids(index)
+    if isinstance(inner_index(index), faiss.IndexHNSW):  # a graph is rebuilt from its kept vectors
+        inner = inner_index(index)
+        for start in range(0, index.ntotal, chunk):
+            rows = np.flatnonzero(keep[start:start + chunk]) + start
+            if len(rows):
+                out.add_with_ids(inner.reconstruct_batch(rows), ids[rows])
+        return out
+    remap = np.where(keep, np.cumsum(keep) - 1, -1)
+    ivf, codes = _split(index)
+    out_ivf, out_codes = _split(out)
+    if ivf is not None:
+        for list_no in range(ivf.nlist):
+            positions, entries = _list_entries(ivf.invlists, list_no)
+            new = remap[positions]
+            kept = new >= 0
+            if kept.any():
+                new_ids, new_codes = np.ascontiguousarray(new[kept]), np.ascontiguousarray(entries[kept])
+                out_ivf.invlists.add_entries(list_no, len(new_ids), faiss.swig_ptr(new_ids),
+                                             faiss.swig_ptr(new_codes))
+    if codes is not None:
+        all_codes = _flat_codes(codes)
+        for start in range(0, index.ntotal, chunk):
+            rows = np.flatnonzero(keep[start:start + chunk]) + start
+            out_codes.add_sa_codes(np.ascontiguousarray(all_codes[rows]))
+    _set_ids(out, ids[keep])
+    _set_ntotal(out, int(keep.sum()))
+    return out
 
 
 class IndexMerger:

@@ -126,7 +126,7 @@ def finish_index(layout: IndexLayout, manifest: dict, faiss_cfg: FaissConfig, bu
 def faiss_summary(manifest: dict) -> dict:
     """The manifest's FAISS record without its bookkeeping: for run records and the report."""
     entry = manifest.get("faiss") or {}
-    keys = ("factory", "ntotal", "trained_on", "bytes_per_vector", "build")
+    keys = ("factory", "ntotal", "trained_on", "bytes_per_vector", "build", "tuning")
     return {k: entry[k] for k in keys if k in entry}
 
 

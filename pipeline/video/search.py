@@ -37,7 +37,7 @@ from tomeray.models.errors import ConfigError, InputError
 from tomeray.models.host import host_available_memory
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
 from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry
-from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index
+from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index, search_defaults
 from tomeray.pipeline.video.filters import Ranking, SearchFilters, matching_ids, rank
 from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
 from tomeray.pipeline.video.metadata import MetadataTable, ParquetCells
@@ -121,8 +121,9 @@ class VideoSearcher:
     ``device`` / ``precision``: where and how the encoder runs (``models.device``'s rule); FAISS follows
     it onto the GPU when faiss-gpu is installed. ``model_overrides``: fields of ``VideoModelConfig``
     (they must still give the index's model). ``nprobe`` / ``ef_search``: recall/speed knobs of IVF /
-    HNSW indexes. ``mmap``: memory-map the FAISS index instead of reading it into memory (None:
-    when it is larger than a quarter of the free memory; see ``faiss_index.load_index``). The
+    HNSW indexes. ``text_precision`` (``fp32`` | ``int8``) / ``cache_size``: how text queries are
+    encoded (:mod:`.query_text`). ``mmap``: memory-map the FAISS index instead of reading it into
+    memory (None: when it is larger than a quarter of the free memory; see ``faiss_index.load_index``). The
     encoder is loaded on the first text or video query."""
 
     def __init__(
@@ -134,6 +135,8 @@ class VideoSearcher:
         nprobe: int | None = None,
         ef_search: int | None = None,
         mmap: bool | None = None,
+        text_precision: str = "fp32",
+        cache_size: int = 0,
         **model_overrides,
     ):
         self.layout = IndexLayout(index_dir)
@@ -146,6 +149,7 @@ class VideoSearcher:
         self.weights_id = str(self.manifest.get("weights_id") or self.manifest["model"].get("weights_id", ""))
         self.random_weights = _is_random(self.weights_id)
         self.nprobe, self.ef_search, self.mmap = nprobe, ef_search, mmap
+        self.text_precision, self.cache_size = text_precision, cache_size
         index = self._load_index()
         dim = int(self.manifest.get("dim", index.d))
         if index.d != dim:
@@ -189,6 +193,15 @@ class VideoSearcher:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def search_settings(self) -> dict:
+        """The FAISS settings searches use (the tuned ones saved with the index unless overridden)
+        and what the tuning measured (``faiss.tuning`` of the manifest; None for older indexes)."""
+        params = {k: v for k, v in search_defaults(self.index).items() if v is not None}
+        overrides = {"nprobe": self.nprobe, "ef_search": self.ef_search}
+        params.update({k: v for k, v in overrides.items() if v is not None and k in params})
+        entry = faiss_entry(self.manifest) or {}
+        return {"factory": entry.get("factory") or "Flat", "params": params, "tuning": entry.get("tuning")}
+
     def __repr__(self) -> str:
         return f"VideoSearcher('{self.layout.root}', {len(self)} vectors, weights {self.weights_id})"
 
@@ -206,13 +219,22 @@ class VideoSearcher:
         log.info("query encoder: %s on %s (%s)", encoder.arch, encoder.device, encoder.weights_id)
         return encoder
 
-    def use_encoder(self, encoder) -> None:
-        """Search with an encoder already built (e.g. shared by the indexes of a server); refused if
-        its identity differs from this index's model."""
+    @cached_property
+    def text_encoder(self):
+        """Text queries -> vectors: the encoder's text tower in ``text_precision``, cached."""
+        from tomeray.pipeline.video.query_text import QueryTextEncoder
+
+        return QueryTextEncoder(self.encoder, self.text_precision, self.cache_size)
+
+    def use_encoder(self, encoder, text_encoder=None) -> None:
+        """Search with an encoder already built (e.g. shared by the indexes of a server), and its
+        query text encoder (with its cache); refused if its identity differs from this index's model."""
         check_same_embeddings(self.manifest, {"model": _json_form(encoder.identity())},
                               f"index '{self.layout.root}'", "the shared encoder", paths=("model",),
                               hint="serve indexes built with the same model together")
         self.__dict__["encoder"] = encoder  # the cached_property's slot
+        if text_encoder is not None:
+            self.__dict__["text_encoder"] = text_encoder
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(Q,) query strings -> (Q, D) float32 unit vectors."""
@@ -220,7 +242,7 @@ class VideoSearcher:
         for text in texts:
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"a text query must be a non-empty string, got {text!r}")
-        return self.encoder.encode_text(texts).float().cpu().numpy()
+        return self.text_encoder.encode(texts)
 
     def encode_video(self, path: str | os.PathLike) -> np.ndarray:
         """A video file -> (1, D) float32 unit vector, decoded and sampled as the indexer does."""

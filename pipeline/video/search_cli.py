@@ -64,7 +64,7 @@ def _print(searcher: VideoSearcher, query: str, kind: str, results: list[SearchR
         print(json.dumps({
             "index": str(searcher.layout.root), "query": query, "query_type": kind,
             "weights_id": searcher.weights_id, "random_weights": searcher.random_weights,
-            "adapter": searcher.manifest["model"].get("adapter"),
+            "adapter": searcher.manifest["model"].get("adapter"), "faiss": searcher.search_settings(),
             "results": [r.to_dict() for r in results],
         }, indent=2))
         return
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(SearchConfig, "search", overrides)
         model = {k: v for k, v in vars(cfg.model).items() if v is not None}
         searcher = VideoSearcher(args.index_dir, cfg.inference.device, precision=cfg.inference.precision,
-                                 nprobe=args.nprobe, ef_search=args.ef_search, mmap=args.mmap, **model)
+                                 nprobe=args.nprobe, ef_search=args.ef_search, mmap=args.mmap,
+                                 text_precision=cfg.search.text_precision, **model)
         kind = "video" if is_video_query(args.query) else "text"
         _print(searcher, args.query, kind, searcher.search(args.query, k=args.k), args.json)
         return 0

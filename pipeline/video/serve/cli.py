@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of uvicorn")
     parser.add_argument("--replicas", type=int, default=None,
                         help="Ray Serve replicas (default: ray.replicas)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split the index's rows over this many Ray Serve shard replicas, which the "
+                             "front replicas query (default: ray.shards, 0: none; needs --ray and one index)")
     return parser
 
 
@@ -128,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             if not args.ray:
                 raise InputError("--replicas needs --ray")
             cfg.ray.replicas = args.replicas
-        if cfg.ray.replicas < 1:
-            raise ConfigError(f"ray.replicas must be at least 1, got {cfg.ray.replicas}")
+        if args.shards is not None:
+            if not args.ray:
+                raise InputError("--shards needs --ray")
+            cfg.ray.shards = args.shards
+        if cfg.ray.replicas < 1 or cfg.ray.shards < 0:
+            raise ConfigError(f"ray.replicas must be at least 1 and ray.shards at least 0, got "
+                              f"{cfg.ray.replicas} and {cfg.ray.shards}")
+        if cfg.ray.shards and len(dirs) != 1:
+            raise InputError(f"--shards serves one index, got {len(dirs)}: run one service per index")
         if args.ray:
             from tomeray.pipeline.video.serve.ray_app import serve_ray
 

@@ -16,6 +16,8 @@ class ServeSearchConfig:
     nprobe: int | None = None  # IVF lists to probe (None: the index's own setting)
     ef_search: int | None = None  # HNSW search depth (None: the index's own setting)
     batch_size: int = 32  # concurrent text queries encoded (and searched) together at most
+    text_precision: str = "fp32"  # text tower: fp32 | int8 (dynamic int8 linear layers, CPU)
+    cache_size: int = 1024  # text query embeddings kept (LRU; 0: none)
 
 
 @dataclass
@@ -33,6 +35,8 @@ class ServeRayConfig:
     replicas: int = 2  # each holds its own encoder and indexes
     num_cpus: float = 1.0  # CPUs reserved per replica
     threads: int = 0  # torch threads per replica (0: its reserved CPUs, at least 1)
+    shards: int = 0  # > 0: the index's rows split over this many shard replicas (by video_id % shards)
+    shard_cpus: float = 0.5  # CPUs reserved per shard replica
 
 
 @dataclass

@@ -12,6 +12,7 @@ can read it); ``serve run`` replicas also read ``TOMERAY_SERVE_TOKEN`` from thei
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -32,14 +33,21 @@ APP_NAME = "tomeray-search"
 @serve.deployment(name="SearchDeployment", max_ongoing_requests=64)
 @serve.ingress()
 class SearchDeployment:
-    def __init__(self, index_dirs: list[str], config: dict, token: str | None = None):
+    def __init__(self, index_dirs: list[str], config: dict, token: str | None = None,
+                 shards: list | None = None):
         import torch
+        from tomeray.pipeline.video.search import VideoSearcher
         from tomeray.pipeline.video.serve.service import SearchService
 
         self.cfg = load_config(ServeConfig, config)
         torch.set_num_threads(self.cfg.ray.threads or max(1, round(self.cfg.ray.num_cpus)))
         self.token = token or os.environ.get("TOMERAY_SERVE_TOKEN") or None
-        self.service = SearchService(index_dirs, self.cfg, server="ray-serve")
+        searcher = VideoSearcher
+        if shards:  # the FAISS step runs on the shard deployments (pipeline.video.serve.shards)
+            from tomeray.pipeline.video.serve.shards import ShardedSearcher
+
+            searcher = functools.partial(ShardedSearcher, handles=shards)
+        self.service = SearchService(index_dirs, self.cfg, server="ray-serve", searcher_class=searcher)
 
     def __serve_build_asgi_app__(self):
         from tomeray.pipeline.video.serve.app import create_app
@@ -50,9 +58,14 @@ class SearchDeployment:
 def application(index_dirs: list[str], cfg: ServeConfig, token: str | None):
     """The bound Ray Serve application: ``cfg.ray.replicas`` replicas of ``cfg.ray.num_cpus`` CPUs."""
     dirs = [os.path.abspath(d) for d in index_dirs]
+    shards = None
+    if cfg.ray.shards > 0:
+        from tomeray.pipeline.video.serve.shards import shard_deployments
+
+        shards = shard_deployments(dirs[0], cfg.ray.shards, cfg)
     return SearchDeployment.options(num_replicas=cfg.ray.replicas,
                                     ray_actor_options={"num_cpus": cfg.ray.num_cpus}).bind(
-        dirs, config_to_dict(cfg), token)
+        dirs, config_to_dict(cfg), token, shards)
 
 
 def build(args: dict):
@@ -91,7 +104,8 @@ def serve_ray(index_dirs: list[str], cfg: ServeConfig, host: str, port: int, tok
         raise InputError("--port 0 is not supported with --ray; give a port")
     init_ray(address or cfg.ray.address)
     url = deploy(index_dirs, cfg, host, port, token)
-    print(f"serving {', '.join(index_dirs)} on Ray Serve ({cfg.ray.replicas} replica(s)) at {url}  "
+    sharded = f", {cfg.ray.shards} shard(s)" if cfg.ray.shards else ""
+    print(f"serving {', '.join(index_dirs)} on Ray Serve ({cfg.ray.replicas} replica(s){sharded}) at {url}  "
           f"(API docs: {url}/docs)")
     print(weights_line(str(manifests[0].get("weights_id", "")), "search results are not meaningful"))
     print("press Ctrl-C to stop")

@@ -102,7 +102,8 @@ class SearchService:
     """Loads ``index_dirs`` and answers queries (see the module docstring)."""
 
     def __init__(self, index_dirs: list[str], cfg: ServeConfig | None = None,
-                 metrics: ServiceMetrics | None = None, server: str = "uvicorn", encoder=None):
+                 metrics: ServiceMetrics | None = None, server: str = "uvicorn", encoder=None,
+                 searcher_class=VideoSearcher):
         if not index_dirs:
             raise InputError("no index given: pass one or more index directories made by 'tomeray index'")
         self.cfg = cfg or ServeConfig()
@@ -111,10 +112,12 @@ class SearchService:
         self.dirs = [str(Path(d)) for d in index_dirs]
         self.names = _names(self.dirs)
         self.reload_errors: dict[str, str] = {}
+        self.searcher_class = searcher_class  # (the sharded service's searchers rank on shard replicas)
         first = self._searcher(self.dirs[0])
         if encoder is not None:  # one already built for the indexes' model
             first.use_encoder(encoder)
         self.encoder = first.encoder  # loaded once, here, and shared by every index
+        self.text_encoder = first.text_encoder  # (with its query cache)
         self._reference = first.manifest
         searchers = [first] + [self._searcher(d) for d in self.dirs[1:]]
         now = time.time()
@@ -134,13 +137,16 @@ class SearchService:
 
     def _searcher(self, index_dir: str) -> VideoSearcher:
         model = {k: v for k, v in vars(self.cfg.model).items() if v is not None}
-        searcher = VideoSearcher(index_dir, self.cfg.inference.device, precision=self.cfg.inference.precision,
-                                 nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search, **model)
+        searcher = self.searcher_class(index_dir, self.cfg.inference.device,
+                                       precision=self.cfg.inference.precision,
+                                 nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search,
+                                 text_precision=self.cfg.search.text_precision,
+                                 cache_size=self.cfg.search.cache_size, **model)
         if hasattr(self, "encoder"):  # every index but the first, and every reload
             check_same_embeddings(self._reference, searcher.manifest, f"index '{self.dirs[0]}'",
                                   f"index '{index_dir}'", "serve indexes built with the same model together "
                                   "(or run one server per model)", paths=COMPARABLE)
-            searcher.use_encoder(self.encoder)
+            searcher.use_encoder(self.encoder, self.text_encoder)
         return searcher
 
     @property
@@ -337,6 +343,7 @@ class SearchService:
                 "segment_s": (m.get("sampling") or {}).get("segment_s"), "updated": m.get("updated"),
                 "segmentation": segmentation(m),
                 "loaded_at": index.loaded_at, "reload_error": self.reload_errors.get(index.name),
+                "search": s.search_settings(),
             })
         model = indexes[0].searcher.manifest.get("model") or {}
         limits = self.cfg.limits
@@ -345,7 +352,7 @@ class SearchService:
             "rows": sum(i["rows"] for i in items), "videos": sum(i["videos"] for i in items),
             "model": {k: model.get(k) for k in ("arch", "preset", "num_frames", "embed_dim", "weights_id")},
             "weights_id": self.weights_id, "random_weights": self.random_weights,
-            "faiss": sorted({i["faiss"] for i in items}),
+            "faiss": sorted({i["faiss"] for i in items}), "text_queries": self.text_encoder.stats(),
             "default_k": self.cfg.search.default_k,
             "limits": {"max_query_chars": limits.max_query_chars, "max_k": limits.max_k,
                        "max_offset": limits.max_offset, "max_upload_mb": limits.max_upload_mb},

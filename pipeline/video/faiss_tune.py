@@ -1,0 +1,279 @@
+"""Search settings measured on the corpus itself: the smallest ``nprobe`` / ``ef_search`` /
+``k_factor`` that reaches ``faiss.target_recall`` (recall@10) against exact search.
+
+    held-out queries (sampled rows) -> exact neighbours, streamed with the build's own reads ->
+    climb each setting's ladder on the built index until recall@10 >= target -> saved with it
+
+The queries are rows of the corpus searched *without themselves* (their own id is never a
+neighbour), so a preset is judged on the questions a user asks: which other rows are nearest.
+A graph index finds a row's neighbours too easily when the row itself is in the graph (the
+search walks to it, then along its links), so a fresh HNSW build holds the query rows back:
+they join the graph after the tuning (``held_back``), and growth never lowers a setting.
+Their exact neighbours (:class:`GroundTruth`, ``TRUTH_DEPTH`` per query) are kept next to the index
+(``index.tuning.npz``) and kept exact as the index grows: rows added are scored against the
+queries, rows removed leave their lists (the rest stay the exact top of what remains), so an
+incremental build re-tunes without reading the corpus again.
+
+When no setting reaches the target within ``faiss.max_search_ms`` per query (one thread), the
+best one within it is kept and the record says so (``met: false`` and a ``warning``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tomeray.models.errors import ConfigError
+from tomeray.pipeline.core.atomic import atomic_write_with
+from tomeray.pipeline.video.faiss_index import (
+    index_ids,
+    inner_index,
+    ivf_or_none,
+    search_defaults,
+    search_index,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GroundTruth", "apply_search_params", "exact_record", "ids_digest", "tune_build", "tune_index",
+           "tuning_path"]
+
+K = 10  # recall@K is what a preset promises
+TRUTH_DEPTH = 2 * K  # exact neighbours kept per query: removals eat into them before a refill
+NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+K_FACTOR_LADDER = (1, 2, 4, 8, 16, 32, 64)
+
+
+def tuning_path(faiss_path: Path) -> Path:
+    return faiss_path.parent / f"{faiss_path.stem}.tuning.npz"
+
+
+def ids_digest(index: faiss.Index) -> str:
+    """Which rows the index holds, in order: the ground truth belongs to exactly this content."""
+    return hashlib.blake2b(index_ids(index).tobytes(), digest_size=8).hexdigest()
+
+
+class GroundTruth:
+    """Held-out queries and their exact ``TRUTH_DEPTH`` nearest rows (inner product), each query's
+    own row excluded."""
+
+    def __init__(self, queries: np.ndarray, query_ids: np.ndarray, ids: np.ndarray | None = None,
+                 scores: np.ndarray | None = None):
+        self.queries = np.ascontiguousarray(queries, np.float32)
+        self.query_ids = np.asarray(query_ids, np.int64)
+        q = len(self.queries)
+        self.ids = np.full((q, TRUTH_DEPTH), -1, np.int64) if ids is None else ids
+        self.scores = np.full((q, TRUTH_DEPTH), -np.inf, np.float32) if scores is None else scores
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def update(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Score rows (normalised like the index's) against the queries and keep the best."""
+        if not len(vectors) or not len(self):
+            return
+        scores = self.queries @ vectors.T
+        scores[self.query_ids[:, None] == ids[None, :]] = -np.inf  # a query is not its own neighbour
+        depth = min(TRUTH_DEPTH, len(ids))
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        all_scores = np.concatenate([self.scores, np.take_along_axis(scores, top, 1)], axis=1)
+        all_ids = np.concatenate([self.ids, ids[top]], axis=1)
+        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :TRUTH_DEPTH]
+        self.scores = np.take_along_axis(all_scores, order, 1)
+        self.ids = np.take_along_axis(all_ids, order, 1)
+
+    def drop(self, removed: np.ndarray) -> None:
+        """Forget removed rows; what remains of each list is still the exact top of what remains."""
+        if not len(removed):
+            return
+        gone = np.isin(self.ids, removed)
+        self.scores[gone], self.ids[gone] = -np.inf, -1
+        order = np.argsort(-self.scores, axis=1, kind="stable")
+        self.scores = np.take_along_axis(self.scores, order, 1)
+        self.ids = np.take_along_axis(self.ids, order, 1)
+
+    def usable(self, k: int) -> np.ndarray:
+        """Queries whose first ``k`` exact neighbours are known."""
+        return (self.ids[:, :k] >= 0).all(axis=1)
+
+    def save(self, path: Path, digest: str) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, queries=self.queries, query_ids=self.query_ids, ids=self.ids, scores=self.scores,
+                         digest=np.array(digest))
+        atomic_write_with(path, write)
+
+    @classmethod
+    def load(cls, path: Path, digest: str) -> GroundTruth | None:
+        """The saved truth when it belongs to the index with this ``digest`` (else None)."""
+        try:
+            with np.load(path) as f:
+                if str(f["digest"]) != digest or f["ids"].shape[1] != TRUTH_DEPTH:
+                    return None
+                return cls(f["queries"], f["query_ids"], f["ids"], f["scores"])
+        except (OSError, KeyError, ValueError):
+            return None
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+
+
+def recall_at(index: faiss.Index, truth: GroundTruth, k: int, **params) -> tuple[float, float]:
+    """(recall@k, ms per query on one thread) of ``index`` with search ``params``."""
+    usable = truth.usable(k)
+    queries, own, expected = truth.queries[usable], truth.query_ids[usable], truth.ids[usable, :k]
+    if not len(queries):
+        return float("nan"), 0.0
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # latency of one query, as a searcher answering one user sees it
+    try:
+        start = time.perf_counter()
+        _, found = search_index(index, queries, k + 1, **params)
+        ms = (time.perf_counter() - start) * 1000 / len(queries)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    hits = 0
+    for row, self_id, exact in zip(found, own, expected):
+        row = row[(row >= 0) & (row != self_id)][:k]
+        hits += len(np.intersect1d(row, exact))
+    return hits / expected.size, ms
+
+
+def _climb(measure, ladder, target: float, max_ms: float):
+    """The first setting of ``ladder`` whose recall reaches ``target``, or the best within
+    ``max_ms``: (setting, recall, ms, met)."""
+    best = None
+    for value in ladder:
+        recall, ms = measure(value)
+        if ms > max_ms and best is not None:
+            break
+        if best is None or recall > best[1]:
+            best = (value, recall, ms)
+        if recall >= target:
+            return value, recall, ms, True
+        if ms > max_ms:
+            break
+    return (*best, False)
+
+
+def _ladder(values, limit: int) -> list[int]:
+    return [v for v in values if v < limit] + [limit]
+
+
+def exact_record(target: float) -> dict:
+    """The tuning record of an exact (Flat) index: nothing to tune."""
+    return {"target_recall": target, "recall_at_10": 1.0, "exact": True, "met": True}
+
+
+def tune_index(index: faiss.Index, truth: GroundTruth, target: float, max_ms: float,
+               floor: dict | None = None) -> dict:
+    """Set ``index``'s saved search defaults to the smallest that reach ``target`` recall@10 on
+    ``truth`` (within ``max_ms`` per query; never below the settings in ``floor``); returns the
+    tuning record (``search`` settings, measured ``recall_at_10``, ``ms_per_query``, ``met``,
+    ``queries``, a ``warning`` when missed)."""
+    inner = inner_index(index)
+    k = int(min(K, max(1, index.ntotal - 1)))
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None
+    base = faiss.downcast_index(refine.base_index) if refine is not None else inner
+    ivf = ivf_or_none(base)
+    hnsw = base if isinstance(base, faiss.IndexHNSW) else None
+    kf_max = K_FACTOR_LADDER[-1]
+    floor = {k_: v for k_, v in (floor or {}).items() if v is not None}
+
+    def above(ladder, key):
+        return [v for v in ladder if v >= floor.get(key, 0)] or [ladder[-1]]
+
+    started = time.perf_counter()
+
+    def measure(nprobe=None, ef_search=None, k_factor=None):
+        return recall_at(index, truth, k, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
+
+    chosen: dict = {}
+    if ivf is not None:
+        ladder = above(_ladder(NPROBE_LADDER, int(ivf.nlist)), "nprobe")
+        nprobe, recall, ms, met = _climb(lambda v: measure(nprobe=v, k_factor=refine and kf_max), ladder,
+                                         target, max_ms)
+        chosen["nprobe"] = nprobe
+    elif hnsw is not None:
+        ef, recall, ms, met = _climb(lambda v: measure(ef_search=max(v, k + 1), k_factor=refine and kf_max),
+                                     above(EF_LADDER, "ef_search"), target, max_ms)
+        chosen["ef_search"] = max(ef, k + 1)
+    else:
+        (recall, ms), met = measure(k_factor=refine and kf_max), None
+    if refine is not None:
+        kf, recall_kf, ms_kf, met_kf = _climb(lambda v: measure(**chosen, k_factor=v),
+                                              above(K_FACTOR_LADDER, "k_factor"),
+                                              target if met is not False else recall, max_ms)
+        chosen["k_factor"] = kf
+        recall, ms = recall_kf, ms_kf
+        met = met_kf if met is None else (met and recall >= target)
+    met = bool(recall >= target) if met is None else bool(met)
+    _apply(ivf, hnsw, refine, chosen)
+    params = search_defaults(index)
+    record = {"target_recall": target, "recall_at_10": round(float(recall), 4), "met": met,
+              "search": {k_: v for k_, v in params.items() if v is not None},
+              "ms_per_query": round(ms, 3), "max_search_ms": max_ms, "queries": int(truth.usable(k).sum()),
+              "k": k, "seconds": round(time.perf_counter() - started, 2)}
+    if not met:
+        record["warning"] = (f"no search setting reaches recall@10 {target:g} within {max_ms:g} ms per "
+                             f"query: best {recall:.3f} at {_settings(record['search'])}; use a larger "
+                             "faiss.max_search_ms, a flat index, or more IVF lists / HNSW links")
+        log.warning("FAISS tuning: %s", record["warning"])
+    else:
+        log.info("FAISS tuning: %s reaches recall@10 %.3f (target %g), %.2f ms/query",
+                 _settings(record["search"]), recall, target, ms)
+    return record
+
+
+def apply_search_params(index: faiss.Index, params: dict) -> None:
+    """Set an index's saved search defaults (``nprobe``, ``ef_search``, ``k_factor``; None: keep)."""
+    inner = inner_index(index)
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None
+    base = faiss.downcast_index(refine.base_index) if refine is not None else inner
+    hnsw = base if isinstance(base, faiss.IndexHNSW) else None
+    _apply(ivf_or_none(base), hnsw, refine, {k: v for k, v in params.items() if v is not None})
+
+
+def _apply(ivf, hnsw, refine, chosen: dict) -> None:
+    if "nprobe" in chosen:
+        ivf.nprobe = int(chosen["nprobe"])
+    if "ef_search" in chosen:
+        hnsw.hnsw.efSearch = int(chosen["ef_search"])
+    if "k_factor" in chosen:
+        refine.k_factor = float(chosen["k_factor"])
+
+
+def _settings(search: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in search.items()) or "defaults"
+
+
+def tune_build(faiss_path: Path, index: faiss.Index, truth: GroundTruth | None, cfg, full_truth,
+               held_back: bool = False, floor: dict | None = None) -> dict | None:
+    """Tune a built index before it is saved and keep its ground truth next to it; ``truth``: the
+    one kept up to date during the build (None: ``full_truth()`` computes it from the corpus);
+    ``held_back``: the query rows are not in the index or the truth yet (added after the tuning).
+    Returns the manifest's tuning record (None when ``faiss.target_recall`` is 0)."""
+    if not 0 <= cfg.target_recall <= 1:
+        raise ConfigError(f"faiss.target_recall must be in [0, 1] (0: no tuning), got {cfg.target_recall}")
+    if cfg.target_recall == 0:
+        return None
+    if isinstance(inner_index(index), faiss.IndexFlat):
+        tuning_path(faiss_path).unlink(missing_ok=True)
+        return exact_record(cfg.target_recall)
+    held = (truth.queries, truth.query_ids) if held_back and truth is not None else None
+    partial = truth is not None and truth.usable(K).sum() >= len(truth) // 2
+    if not partial:
+        truth = full_truth()  # (over every row, held-back ones included)
+    record = tune_index(index, truth, float(cfg.target_recall), float(cfg.max_search_ms), floor)
+    if held is not None:  # the held-back rows join the index, and the truth as neighbours
+        index.add_with_ids(*held)
+        if partial:
+            truth.update(*held)
+    truth.save(tuning_path(faiss_path), ids_digest(index))
+    return record
