@@ -172,7 +172,8 @@ class ShardedSearcher(VideoSearcher):
                                 headers={"Retry-After": "2"}) from None
         scores = np.concatenate([p[0] for p in parts], axis=1)
         ids = np.concatenate([p[1] for p in parts], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :want]
+        # by score, then id: the order one unsharded index gives (filters.rank), ties included
+        order = np.lexsort((ids, -scores.astype(np.float64)), axis=1)[:, :want]
         complete = [all(p[2][q] for p in parts) for q in range(len(queries))]
         return Ranking(np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1), complete,
                        None if allowed is None else len(allowed))
