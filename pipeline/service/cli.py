@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "  tomeray serve idx_a idx_b --port 9000 limits.max_k=100 recon.views=8\n"
         "  TOMERAY_SERVE_TOKEN=$(openssl rand -hex 16) tomeray serve idx --host 0.0.0.0\n"
         "  tomeray serve idx --ray --replicas 2 --address auto\n"
+        "  tomeray serve idx --ray --shards 2           # the index's rows split over two shard replicas\n"
         "Binding anything but a loopback address needs a token (--token or TOMERAY_SERVE_TOKEN).",
         "DIR|KEY=VALUE",
         "index directories ('tomeray index'), reconstruction outputs ('tomeray reconstruct'), and config "
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                                                             "(video indexes only)")
     parser.add_argument("--replicas", type=int, default=None,
                         help="Ray Serve replicas (default: ray.replicas)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split the index's rows over this many Ray Serve shard replicas, which the "
+                             "front replicas query (default: ray.shards, 0: none; needs --ray and one index)")
     return parser
 
 
@@ -123,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError("--ray serves video indexes only; serve reconstruction outputs (and 3D "
                                  "from search hits) with uvicorn (without --ray)")
             return video_serve_cli.main(argv)  # the search service on Ray Serve
-        if args.replicas is not None or args.address:
-            raise InputError("--replicas and --address need --ray")
+        if args.replicas is not None or args.shards is not None or args.address:
+            raise InputError("--replicas, --shards and --address need --ray")
         cfg = load_config(ServeConfig, "serve", search_overrides)
         scenes = load_config(ScenesConfig, "scenes", scene_overrides)
         validate_scenes(scenes)
