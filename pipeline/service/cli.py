@@ -14,7 +14,7 @@ from tomeray.pipeline.core.runner import command_parser, run_command, weights_li
 from tomeray.pipeline.service.config import ScenesConfig, split_scene_overrides, validate_scenes
 from tomeray.pipeline.service.scenes import SceneStore, output_kind
 from tomeray.pipeline.video.serve import cli as video_serve_cli
-from tomeray.pipeline.video.serve.cli import TOKEN_ENV, _bind, _url, check_bind, resolve_token
+from tomeray.pipeline.video.serve.cli import TOKEN_ENV, _bind, _url, check_bind, resolve_token, run_server
 from tomeray.pipeline.video.serve.config import ServeConfig
 
 __all__ = ["main", "serve_uvicorn"]
@@ -60,7 +60,6 @@ def hit_output(index_dirs: list[str], scenes: ScenesConfig) -> str | None:
 
 def serve_uvicorn(index_dirs: list[str], recon_dirs: list[str], cfg: ServeConfig, scenes: ScenesConfig,
                   host: str, port: int, token: str | None) -> int:
-    import uvicorn
     from tomeray.pipeline.service.app import create_service_app
     from tomeray.pipeline.video.serve.service import SearchService, check_limits
 
@@ -94,13 +93,8 @@ def serve_uvicorn(index_dirs: list[str], recon_dirs: list[str], cfg: ServeConfig
         if scene.weights_id.startswith("random"):
             print(weights_line(scene.weights_id, f"scene {scene.name} is not a real reconstruction"))
             break
-    if token:
-        print("requests need the bearer token (the page asks for it once)")
-    sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5))
     try:
-        server.run(sockets=[sock])
+        run_server(app, sock, token)
     finally:
         if jobs is not None:
             jobs.close()

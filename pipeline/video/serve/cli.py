@@ -88,7 +88,6 @@ def _url(host: str, port: int) -> str:
 
 
 def serve_uvicorn(dirs: list[str], cfg: ServeConfig, host: str, port: int, token: str | None) -> int:
-    import uvicorn
     from tomeray.pipeline.video.serve.app import create_app
     from tomeray.pipeline.video.serve.service import SearchService, check_limits
 
@@ -105,16 +104,23 @@ def serve_uvicorn(dirs: list[str], cfg: ServeConfig, host: str, port: int, token
     print(f"serving {stats['rows']} rows from {stats['videos']} videos "
           f"({', '.join(i['name'] for i in stats['indexes'])}) at {url}  (API docs: {url}/docs)")
     print(weights_line(service.weights_id, "search results are not meaningful"))
+    try:
+        run_server(app, sock, token)
+    finally:
+        service.close()
+    return 0
+
+
+def run_server(app, sock, token: str | None) -> None:
+    """Serve ``app`` with uvicorn on the bound socket until stopped (Ctrl-C, SIGTERM)."""
+    import uvicorn
+
     if token:
         print("requests need the bearer token (the page asks for it once)")
     sys.stdout.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5))
-    try:
-        server.run(sockets=[sock])
-    finally:
-        service.close()
-    return 0
+    server.run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:
