@@ -14,7 +14,14 @@ from tomeray.pipeline.core.runner import command_parser, run_command, weights_li
 from tomeray.pipeline.service.config import ScenesConfig, split_scene_overrides, validate_scenes
 from tomeray.pipeline.service.scenes import SceneStore, output_kind
 from tomeray.pipeline.video.serve import cli as video_serve_cli
-from tomeray.pipeline.video.serve.cli import TOKEN_ENV, _bind, _url, check_bind, resolve_token, run_server
+from tomeray.pipeline.video.serve.cli import (
+    _bind,
+    _url,
+    add_server_options,
+    check_bind,
+    resolve_token,
+    run_server,
+)
 from tomeray.pipeline.video.serve.config import ServeConfig
 
 __all__ = ["main", "serve_uvicorn"]
@@ -37,17 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "DIR|KEY=VALUE",
         "index directories ('tomeray index'), reconstruction outputs ('tomeray reconstruct'), and config "
         "overrides (see 'tomeray config serve' and 'tomeray config scenes')")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    parser.add_argument("--token", default=None,
-                        help=f"bearer token every API request must carry (default: ${TOKEN_ENV})")
-    parser.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of uvicorn "
-                                                            "(video indexes only)")
-    parser.add_argument("--replicas", type=int, default=None,
-                        help="Ray Serve replicas (default: ray.replicas)")
-    parser.add_argument("--shards", type=int, default=None,
-                        help="split the index's rows over this many Ray Serve shard replicas, which the "
-                             "front replicas query (default: ray.shards, 0: none; needs --ray and one index)")
+    add_server_options(parser, "deploy on Ray Serve instead of uvicorn (video indexes only)")
     return parser
 
 

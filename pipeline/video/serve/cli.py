@@ -31,17 +31,22 @@ def _parser() -> argparse.ArgumentParser:
         "Binding anything but a loopback address needs a token (--token or TOMERAY_SERVE_TOKEN).",
         "INDEX|KEY=VALUE",
         "index directories written by 'tomeray index', and config overrides (see 'tomeray config serve')")
+    add_server_options(parser, "deploy on Ray Serve instead of uvicorn")
+    return parser
+
+
+def add_server_options(parser, ray_help: str) -> None:
+    """The options of every serve command: where to bind, the token, and Ray Serve's."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--token", default=None,
                         help=f"bearer token every API request must carry (default: ${TOKEN_ENV})")
-    parser.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of uvicorn")
+    parser.add_argument("--ray", action="store_true", help=ray_help)
     parser.add_argument("--replicas", type=int, default=None,
                         help="Ray Serve replicas (default: ray.replicas)")
     parser.add_argument("--shards", type=int, default=None,
                         help="split the index's rows over this many Ray Serve shard replicas, which the "
                              "front replicas query (default: ray.shards, 0: none; needs --ray and one index)")
-    return parser
 
 
 def is_loopback(host: str) -> bool:
