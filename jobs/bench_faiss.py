@@ -248,6 +248,7 @@ def _tuning_fields(tuning: dict | None) -> dict:
     if not tuning:
         return {"target_recall": None}
     return {"target_recall": tuning["target_recall"], "tuned_recall_at_10": tuning["recall_at_10"],
+            "tuned_recall_lower": tuning.get("recall_at_10_lower"),
             "tuning_met": tuning["met"], "tuning_s": tuning.get("seconds")}
 
 

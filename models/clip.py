@@ -28,13 +28,14 @@ import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tomeray.models.errors import ConfigError, InputError, WeightsError
-from tomeray.models.lora import LORA_RANK, TowerAdapter, lora_qkv
+from tomeray.models.lora import LORA_RANK, FoldedQKV, TowerAdapter, lora_qkv
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -72,6 +73,25 @@ class ClipTextEncoder(nn.Module):
         if self._tower_attr is None:
             return None
         return getattr(self.model, self._tower_attr) if self._tower_attr else self.model
+
+    def folded(self) -> ClipTextEncoder:
+        """A copy for inference whose attention projections are plain ``nn.Linear`` layers: each
+        block's LoRA folded into its in-projection (:class:`FoldedQKV`) and its out-projection a
+        plain linear, so that int8 quantisation converts every projection. The copy computes what
+        this encoder computes (up to rounding); towers the LoRA forward does not cover are copied
+        as they are."""
+        copy = deepcopy(self)
+        tower = copy._tower
+        if tower is None:
+            return copy
+        for i, block in enumerate(tower.transformer.resblocks):
+            parts = copy.tvpt.blocks[i]
+            parts.attn = FoldedQKV(block.attn, parts.attn)
+            out = block.attn.out_proj  # (nn.MultiheadAttention's subclass, which quantisation skips)
+            plain = nn.Linear(out.in_features, out.out_features, bias=out.bias is not None)
+            plain.load_state_dict(out.state_dict())
+            block.attn.out_proj = plain
+        return copy
 
     def tokenize(self, texts: list[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):

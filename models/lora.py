@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tomeray.models.errors import ConfigError
 from torch import nn
 
-__all__ = ["LORA_RANK", "AttentionLoRA", "BlockAdapter", "TowerAdapter", "lora_qkv"]
+__all__ = ["LORA_RANK", "AttentionLoRA", "BlockAdapter", "FoldedQKV", "TowerAdapter", "lora_qkv"]
 
 LORA_RANK = 8  # TempMe's lora_dim
 
@@ -41,6 +41,21 @@ class AttentionLoRA(nn.Module):
     def delta(self, h: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., 3C): the term added to the in-projection's output."""
         return F.linear(F.linear(h, self.TVPt_LoRA_a), self.TVPt_LoRA_b)
+
+
+class FoldedQKV(nn.Module):
+    """A block's in-projection with its LoRA update folded in, ``W + B @ A``, as one ``nn.Linear``
+    (for inference: one matrix product instead of three, and a layer quantisation can convert).
+    Stands in for the block's :class:`AttentionLoRA` in :func:`lora_qkv`."""
+
+    def __init__(self, attn: nn.MultiheadAttention, lora: AttentionLoRA):
+        super().__init__()
+        width = attn.embed_dim
+        self.qkv = nn.Linear(width, 3 * width, bias=attn.in_proj_bias is not None)
+        with torch.no_grad():
+            self.qkv.weight.copy_(attn.in_proj_weight + lora.TVPt_LoRA_b @ lora.TVPt_LoRA_a)
+            if attn.in_proj_bias is not None:
+                self.qkv.bias.copy_(attn.in_proj_bias)
 
 
 class BlockAdapter(nn.Module):
@@ -86,7 +101,7 @@ class TowerAdapter(nn.Module):
         return self.transformer.resblocks
 
 
-def lora_qkv(block: nn.Module, lora: AttentionLoRA, h: torch.Tensor, *,
+def lora_qkv(block: nn.Module, lora: AttentionLoRA | FoldedQKV, h: torch.Tensor, *,
              sequence_first: bool = False) -> tuple[torch.Tensor, ...]:
     """q, k, v of an open_clip ``ResidualAttentionBlock`` (``nn.MultiheadAttention`` weights) for the
     normalised input h (B, N, C), with the LoRA update: each (B, heads, N, C // heads), q unscaled.
@@ -98,7 +113,10 @@ def lora_qkv(block: nn.Module, lora: AttentionLoRA, h: torch.Tensor, *,
     b, n, c = h.shape
     if sequence_first:
         h = h.transpose(0, 1)
-    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias) + lora.delta(h)
+    if isinstance(lora, FoldedQKV):
+        qkv = lora.qkv(h)
+    else:
+        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias) + lora.delta(h)
     if sequence_first:
         qkv = qkv.transpose(0, 1)
     q, k, v = qkv.reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)

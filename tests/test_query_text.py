@@ -56,3 +56,25 @@ def test_the_query_cache_returns_what_it_computed_and_drops_the_oldest(served_in
         QueryTextEncoder(searcher.encoder, "int4")
     with pytest.raises(ConfigError, match="cache_size"):
         QueryTextEncoder(searcher.encoder, cache_size=-1)
+
+
+def test_the_folded_text_tower_computes_what_the_lora_forward_does_and_quantises_whole():
+    import torch
+    from tomeray.models.clip import load_clip
+    from tomeray.models.quantize import quantize_linear_int8
+
+    text = load_clip("ViT-S-32", "none", seed=0).text
+    with torch.no_grad():  # a trained-looking LoRA: its update must survive the folding
+        for parts in text.tvpt.blocks:
+            parts.attn.TVPt_LoRA_b.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    folded = text.folded()
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(QUERIES), text(QUERIES), atol=1e-5, rtol=0)
+        assert not torch.allclose(text(QUERIES), load_clip("ViT-S-32", "none", seed=0).text(QUERIES))
+    # every projection of every block is int8 once quantised (not only the MLPs)
+    quantized = quantize_linear_int8(folded)
+    blocks = len(text._tower.transformer.resblocks)
+    kinds = [type(m).__name__ for m in quantized.modules()]
+    assert kinds.count("Linear") - kinds.count("NonDynamicallyQuantizableLinear") >= 4 * blocks
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized._tower.transformer.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.tvpt.modules())

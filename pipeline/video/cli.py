@@ -61,7 +61,9 @@ def tuning_line(tuning: dict) -> str:
     if tuning.get("exact"):
         return f"FAISS search: exact (recall@10 1.0, target {tuning['target_recall']:g})"
     search = ", ".join(f"{k}={v:g}" for k, v in tuning.get("search", {}).items()) or "defaults"
-    line = (f"FAISS search tuned: {search}: recall@10 {tuning['recall_at_10']:.3f} on "
+    lower = tuning.get("recall_at_10_lower")  # (absent from records written before it was kept)
+    bound = f", at least {lower:.3f} at {tuning['confidence']:.0%} confidence," if lower is not None else ""
+    line = (f"FAISS search tuned: {search}: recall@10 {tuning['recall_at_10']:.3f}{bound} on "
             f"{tuning['queries']} held-out rows (target {tuning['target_recall']:g}), "
             f"{tuning['ms_per_query']:.2f} ms/query")
     return line if tuning.get("met") else f"WARNING: {tuning['warning']}\n{line}"

@@ -34,11 +34,22 @@ from tomeray.models.errors import ConfigError, InputError, TomerayError
 from tomeray.models.host import host_available_memory
 from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.video.faiss_config import FaissConfig
+from tomeray.pipeline.video.faiss_delta import (
+    DELTA_SHARE,
+    delta_files,
+    delta_path,
+    extend_delta,
+    find_delta,
+    join_delta,
+    takes_delta,
+)
 from tomeray.pipeline.video.faiss_index import (
     METRICS,
     as_vectors,
     default_train_size,
+    deserialize_index,
     estimated_bytes_per_vector,
+    ids_digest,
     index_ids,
     inner_index,
     ivf_or_none,
@@ -49,11 +60,12 @@ from tomeray.pipeline.video.faiss_index import (
     resolve_factory,
     save_index,
     search_defaults,
+    serialize_index,
     train_index,
     trained_fingerprint,
 )
 from tomeray.pipeline.video.faiss_merge import IndexMerger, check_mergeable, encode_part, ondisk_file
-from tomeray.pipeline.video.faiss_tune import GroundTruth, ids_digest, tune_build, tuning_path
+from tomeray.pipeline.video.faiss_tune import GroundTruth, apply_search_params, tune_build, tuning_path
 from tomeray.pipeline.video.layout import _read_shard
 
 log = logging.getLogger(__name__)
@@ -183,9 +195,13 @@ def _load_trained(faiss_path: Path, fingerprint: str):
         return None, None
 
 
-def _clean_up(faiss_path: Path, fingerprint: str | None, ivfdata: str | None) -> None:
-    """Remove trained parts and on-disk lists the current index does not use (a killed build's)."""
+def _clean_up(faiss_path: Path, fingerprint: str | None, ivfdata: str | None, delta: str | None) -> None:
+    """Remove trained parts, on-disk lists and delta files the current index does not use (older
+    builds', a killed build's)."""
     folder = faiss_path.parent
+    for p in delta_files(faiss_path):
+        if p.name != delta:
+            p.unlink(missing_ok=True)
     for p in folder.glob(f"{faiss_path.stem}.trained-*"):
         if fingerprint is None or f".trained-{fingerprint}." not in p.name:
             p.unlink(missing_ok=True)
@@ -200,11 +216,11 @@ def remove_faiss_files(faiss_path: Path) -> None:
     """Delete the index file and its companions (an index built without FAISS has none)."""
     faiss_path.unlink(missing_ok=True)
     tuning_path(faiss_path).unlink(missing_ok=True)
-    _clean_up(faiss_path, None, None)
+    _clean_up(faiss_path, None, None, None)
 
 
-def _file_bytes(faiss_path: Path, ivfdata: str | None) -> int:
-    return faiss_path.stat().st_size + ((faiss_path.parent / ivfdata).stat().st_size if ivfdata else 0)
+def _file_bytes(faiss_path: Path, *companions: str | None) -> int:
+    return faiss_path.stat().st_size + sum((faiss_path.parent / c).stat().st_size for c in companions if c)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,15 +239,18 @@ def _check_matches(index, what: str, dim: int, metric: str) -> None:
             "them; rerun with faiss.retrain=true to train new ones (or delete it)")
 
 
-def _previous(faiss_path: Path, cfg: FaissConfig, dim: int, metric: str, n_rows: int
+def _previous(faiss_path: Path, cfg: FaissConfig, dim: int, metric: str, n_rows: int, mapped: str | None
               ) -> tuple[object, object, dict | None, str | None]:
-    """(previous index, its trained template, their record, reason to retrain or None)."""
+    """(previous index, its trained template, their record, reason to retrain or None);
+    ``mapped``: the previous index's factory when it may be read memory-mapped (an add that goes
+    to a delta file never reads the base's lists)."""
     if cfg.retrain:
         return None, None, None, "asked (faiss.retrain=true)"
     if not faiss_path.is_file():
         return None, None, None, "no trained index yet"
     try:
-        index = load_index(faiss_path, ondisk=True)
+        index = load_index(faiss_path, mmap=True, factory=mapped) if mapped else load_index(faiss_path,
+                                                                                           ondisk=True)
     except TomerayError as e:
         log.warning("%s; rebuilding it", e)
         return None, None, None, "the previous FAISS file is unreadable"
@@ -315,7 +334,8 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
     selection = scan_shards(list(shards))
     all_ids = np.concatenate([s.ids for s in selection]) if selection else np.zeros(0, np.int64)
     latest = selection[-1].path.name if selection else None
-    base, template, record, reason = _previous(faiss_path, cfg, dim, metric, len(all_ids))
+    mapped = _mappable(prior)
+    base, template, record, reason = _previous(faiss_path, cfg, dim, metric, len(all_ids), mapped)
     if base is None:
         mode = "trained" if reason == "no trained index yet" else "retrained"
         log.info("training the FAISS index: %s", reason)
@@ -327,7 +347,8 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
         base = load_index(trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
         to_add, drop = selection, np.zeros(0, np.int64)
         if cfg.target_recall and isinstance(inner_index(template), faiss.IndexHNSW):  # queries held back
-            truth = GroundTruth(*_read(_sample(selection, cfg.tune_queries, cfg.seed + 1), dim, metric))
+            held = _sample(selection, cfg.held_back_queries(len(all_ids)), cfg.seed + 1)
+            truth = GroundTruth(*_read(held, dim, metric))
     else:
         mode, train_s = "incremental", 0.0
         to_add, drop = _changes(base, selection, all_ids, (prior or {}).get("covered_through"))
@@ -339,10 +360,20 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
     build = {"mode": mode, "reason": reason, "added": n_add, "removed": int(len(drop)), "workers": 0,
              "groups": 0, "nodes": {}, "train_s": round(train_s, 3)}
     if mode == "incremental" and n_add == 0 and len(drop) == 0:
-        _clean_up(faiss_path, record["trained_fingerprint"], ondisk_file(base))
+        delta = (prior or {}).get("delta")
+        _clean_up(faiss_path, record["trained_fingerprint"], ondisk_file(base), delta)
         return _entry(faiss_path, base, record, latest, ondisk_file(base), {**build, "mode": "unchanged"},
-                      started, (prior or {}).get("tuning"))
+                      started, (prior or {}).get("tuning"), delta)
     ondisk = _wants_ondisk(cfg, template, base, len(all_ids))
+    if mode == "incremental" and mapped and not ondisk and not len(drop):
+        added = _add_to_delta(faiss_path, mapped, template, record, to_add, truth,
+                              lambda: _full_truth(selection, cfg, dim, metric), cfg, dim, metric, build,
+                              prior, latest, started)
+        if added is not None:
+            return added
+    if mapped and mode == "incremental":  # the full path reads the lists (and folds in any delta)
+        del base
+        base = load_index(faiss_path, ondisk=True)
     ivfdata = faiss_path.parent / f"{faiss_path.stem}-{time.time_ns():x}.ivfdata" if ondisk else None
     merger = IndexMerger(base, template, drop, ivfdata)
     del base
@@ -371,11 +402,59 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
     if ondisk and before_ondisk_swap is not None:
         before_ondisk_swap()
     save_index(index, faiss_path)
-    _clean_up(faiss_path, record["trained_fingerprint"], ivfdata.name if ivfdata else None)
+    _clean_up(faiss_path, record["trained_fingerprint"], ivfdata.name if ivfdata else None, None)
     entry = _entry(faiss_path, index, record, latest, ivfdata.name if ivfdata else None, build, started,
-                   tuning)
+                   tuning, None)
     log.info("FAISS index %s: %s, %d vectors added, %d removed, %d in all (%.1f s)", record["factory"],
              mode, n_add, len(drop), entry["ntotal"], entry["build"]["seconds"])
+    return entry
+
+
+def _mappable(prior: dict | None) -> str | None:
+    """The factory of the previous index when an add may go to a delta file (a plain IVF index
+    with lists in memory, :func:`faiss_delta.takes_delta`), else None."""
+    factory = str((prior or {}).get("factory") or "")
+    if not factory or (prior or {}).get("ondisk") or mmap_flag(factory) != faiss.IO_FLAG_MMAP:
+        return None
+    return factory
+
+
+def _add_to_delta(faiss_path: Path, factory: str, template, record: dict, to_add: list[ShardRows],
+                  truth: GroundTruth | None, full_truth: Callable[[], GroundTruth], cfg: FaissConfig,
+                  dim: int, metric: str, build: dict,
+                  prior: dict | None, latest: str | None, started: float) -> dict | None:
+    """Add the rows to the delta file of the index (see :mod:`.faiss_delta`) and return the
+    manifest's record; None when the delta would outgrow ``DELTA_SHARE`` of the base (or the
+    index cannot take one): the caller rewrites the whole index instead."""
+    base = load_index(faiss_path, mmap=True, factory=factory, delta=False)
+    if not takes_delta(base):
+        return None
+    old = find_delta(faiss_path, base)
+    delta = load_index(old, delta=False) if old else deserialize_index(serialize_index(template))
+    if delta.ntotal + build["added"] > DELTA_SHARE * base.ntotal:
+        return None
+
+    def read(group):
+        vectors, ids = _read(group, dim, metric)
+        if truth is not None:
+            truth.update(vectors, ids)
+        return vectors, ids
+
+    groups = _groups(to_add, cfg.group_rows)
+    build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
+    for part, node in _parts(template, groups, read, build["workers"]):
+        extend_delta(delta, part, base.ntotal)
+        build["nodes"][node] = build["nodes"].get(node, 0) + 1
+    path = delta_path(faiss_path, base)
+    index = join_delta(base, delta, mapped=True)
+    tuning = tune_build(faiss_path, index, truth, cfg, full_truth, floor=(prior or {}).get("params"))
+    apply_search_params(delta, search_defaults(index))
+    save_index(delta, path)
+    _clean_up(faiss_path, record["trained_fingerprint"], None, path.name)
+    build["delta_rows"] = int(delta.ntotal)
+    entry = _entry(faiss_path, index, record, latest, None, build, started, tuning, path.name)
+    log.info("FAISS index %s: %d vectors added to its delta file (%d rows, %d in all; %.1f s)",
+             record["factory"], build["added"], delta.ntotal, entry["ntotal"], entry["build"]["seconds"])
     return entry
 
 
@@ -424,16 +503,16 @@ def _parts(template, groups: list, read: Callable, workers: int):
 
 
 def _entry(faiss_path: Path, index, record: dict, latest: str | None, ivfdata: str | None, build: dict,
-           started: float, tuning: dict | None) -> dict:
-    """The manifest's ``faiss`` record of a built index."""
+           started: float, tuning: dict | None, delta: str | None) -> dict:
+    """The manifest's ``faiss`` record of a built index (``delta``: its delta file, if any)."""
     ntotal = int(index.ntotal)
-    size = _file_bytes(faiss_path, ivfdata)
+    size = _file_bytes(faiss_path, ivfdata, delta)
     entry = {k: record.get(k) for k in ("spec", "factory", "dim", "metric", "trained_on", "sampled_from",
                                         "trained_fingerprint")}
     entry.update(ntotal=ntotal, index_bytes=size,
                  bytes_per_vector=round(size / ntotal, 1) if ntotal else None, ondisk=ivfdata,
                  mmap=_mapped_part(entry["factory"], ivfdata), params=search_defaults(index),
-                 covered_through=latest, tuning=tuning,
+                 covered_through=latest, tuning=tuning, delta=delta,
                  build={**build, "seconds": round(time.perf_counter() - started, 3)})
     return entry
 

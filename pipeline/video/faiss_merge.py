@@ -64,7 +64,9 @@ def ondisk_file(index: faiss.Index) -> str | None:
     if ivf is None:
         return None
     lists = faiss.downcast_InvertedLists(ivf.invlists)
-    return Path(lists.filename).name if isinstance(lists, faiss.OnDiskInvertedLists) else None
+    if not isinstance(lists, faiss.OnDiskInvertedLists):
+        return None
+    return Path(lists.filename).name or None  # (none: the index file's own lists, memory-mapped)
 
 
 def _give_lists(ivf: faiss.IndexIVF, lists) -> None:

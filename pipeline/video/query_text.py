@@ -34,7 +34,8 @@ class QueryTextEncoder:
                                   f"{encoder.device}: use inference.device=cpu or text_precision=fp32")
             if encoder.text is None:
                 raise ConfigError("the encoder has no text tower to quantise")
-            self._tower = quantize_linear_int8(encoder.text)
+            # every projection becomes int8 once the LoRA is folded in (else only the MLPs would)
+            self._tower = quantize_linear_int8(encoder.text.folded())
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
