@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = ["TEXT_PRECISIONS", "quantize_linear_int8"]
 
-TEXT_PRECISIONS = ("fp32", "int8")
+TEXT_PRECISIONS = ("fp32", "int8", "int8-all")  # int8: the MLPs; int8-all: every projection too
 
 
 def quantize_linear_int8(module: nn.Module) -> nn.Module:

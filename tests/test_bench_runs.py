@@ -37,7 +37,8 @@ def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tomeray.jobs.bench_serve", "--rows", "2000", "--servers", "uvicorn",
          "--clients", "1,4", "--requests", "8", "--seconds", "10", "--join-sizes", "1000",
-         "--workdir", str(tmp_path / "work"), "--text-precision", "--json", str(out)],
+         "--workdir", str(tmp_path / "work"), "--text-precision", "--fidelity-queries", "40",
+         "--json", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=540)  # (it starts three servers)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
@@ -48,8 +49,10 @@ def test_bench_serve_rows_at_a_tiny_scale(tmp_path):
         assert {"p50_ms", "p99_ms", "qps"} <= set(r) and r["qps"] > 0
     assert "random weights" in result.stdout
     precision = {r["text_precision"]: r for r in rows if "text_precision" in r}
-    assert set(precision) == {"fp32", "int8"} and precision["fp32"]["cosine_min"] == 1.0
-    assert 0.9 < precision["int8"]["cosine_min"] < 1 and 0 <= precision["int8"]["top10_overlap"] <= 1
+    assert set(precision) == {"fp32", "int8", "int8-all"} and precision["fp32"]["cosine_min"] == 1.0
+    for name in ("int8", "int8-all"):
+        assert 0.9 < precision[name]["cosine_min"] < 1 and 0 <= precision[name]["top10_overlap"] <= 1
+        assert precision[name]["fidelity_queries"] == 40
     assert all(r["p50_ms"] > 0 for r in precision.values())
 
 

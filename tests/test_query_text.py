@@ -18,9 +18,10 @@ QUERIES = ["people walking", "a tree in the wind", "a man talking", "an animated
            "leaves moving", "a crowd at night", "a cartoon face close up", "two people meet", "a green tree"]
 
 
-def test_int8_text_queries_match_fp32_on_the_opencv_index(served_index):
+@pytest.mark.parametrize("precision", ["int8", "int8-all"])
+def test_int8_text_queries_match_fp32_on_the_opencv_index(served_index, precision):
     fp32 = VideoSearcher(served_index, device="cpu")
-    int8 = VideoSearcher(served_index, device="cpu", text_precision="int8")
+    int8 = VideoSearcher(served_index, device="cpu", text_precision=precision)
     int8.use_encoder(fp32.encoder)  # the same weights; only the text tower's arithmetic differs
     a, b = fp32.encode_text(QUERIES), int8.encode_text(QUERIES)
     cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -32,7 +33,7 @@ def test_int8_text_queries_match_fp32_on_the_opencv_index(served_index):
         top_int8 = {r.video_id for r in int8.search(query, k=k)}
         assert len(top_fp32 & top_int8) / k >= 0.8, query
     assert fp32.text_encoder.stats()["text_precision"] == "fp32"
-    assert int8.text_encoder.stats()["text_precision"] == "int8"
+    assert int8.text_encoder.stats()["text_precision"] == precision
 
 
 def test_the_query_cache_returns_what_it_computed_and_drops_the_oldest(served_index):

@@ -129,7 +129,7 @@ class SearchModelConfig:
 
 @dataclass
 class SearchQueryConfig:
-    text_precision: str = "fp32"  # text tower: fp32 | int8 (dynamic int8 linear layers, CPU)
+    text_precision: str = "fp32"  # text tower: fp32 | int8 (int8 MLPs, CPU) | int8-all (every projection)
 
 
 @dataclass

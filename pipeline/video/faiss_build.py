@@ -36,6 +36,7 @@ from tomeray.pipeline.core.atomic import atomic_write_json
 from tomeray.pipeline.video.faiss_config import FaissConfig
 from tomeray.pipeline.video.faiss_delta import (
     DELTA_SHARE,
+    current_delta,
     delta_files,
     delta_path,
     extend_delta,
@@ -200,7 +201,7 @@ def _clean_up(faiss_path: Path, fingerprint: str | None, ivfdata: str | None, de
     builds', a killed build's)."""
     folder = faiss_path.parent
     for p in delta_files(faiss_path):
-        if p.name != delta:
+        if p.name != delta:  # (a delta of another base would be ignored anyway)
             p.unlink(missing_ok=True)
     for p in folder.glob(f"{faiss_path.stem}.trained-*"):
         if fingerprint is None or f".trained-{fingerprint}." not in p.name:
@@ -360,7 +361,7 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
     build = {"mode": mode, "reason": reason, "added": n_add, "removed": int(len(drop)), "workers": 0,
              "groups": 0, "nodes": {}, "train_s": round(train_s, 3)}
     if mode == "incremental" and n_add == 0 and len(drop) == 0:
-        delta = (prior or {}).get("delta")
+        delta = current_delta(faiss_path, record["factory"])
         _clean_up(faiss_path, record["trained_fingerprint"], ondisk_file(base), delta)
         return _entry(faiss_path, base, record, latest, ondisk_file(base), {**build, "mode": "unchanged"},
                       started, (prior or {}).get("tuning"), delta)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from tomeray.pipeline.video.faiss_index import ids_digest, index_ids, inner_index
-from tomeray.pipeline.video.faiss_merge import _set_ids, _set_ntotal, ondisk_file
+from tomeray.pipeline.video.faiss_index import ids_digest, index_ids, inner_index, load_index
+from tomeray.pipeline.video.faiss_merge import ondisk_file, set_ids, set_ntotal
 
-__all__ = ["DELTA_SHARE", "delta_files", "delta_path", "extend_delta", "find_delta", "join_delta",
-           "takes_delta"]
+__all__ = ["DELTA_SHARE", "current_delta", "delta_files", "delta_path", "extend_delta", "find_delta",
+           "join_delta", "takes_delta"]
 
 DELTA_SHARE = 0.1  # a delta larger than this share of its base is folded into it
 
@@ -51,6 +51,15 @@ def find_delta(faiss_path: Path, base: faiss.Index) -> Path | None:
     return path if path.is_file() else None
 
 
+def current_delta(faiss_path: Path, factory: str) -> str | None:
+    """The name of the delta file the index at ``faiss_path`` (made by ``factory``) has, if any;
+    the file is read memory-mapped."""
+    if not delta_files(faiss_path):
+        return None
+    found = find_delta(faiss_path, load_index(faiss_path, mmap=True, factory=factory, delta=False))
+    return found.name if found else None
+
+
 def takes_delta(index: faiss.Index) -> bool:
     """Whether ``index`` may have a delta: a plain IVF index whose lists are in the file (or
     mapped from it), not in an ``.ivfdata`` file."""
@@ -63,8 +72,8 @@ def extend_delta(delta: faiss.Index, part: faiss.Index, base_rows: int) -> None:
     ivf, part_ivf = inner_index(delta), inner_index(part)
     ids = np.concatenate([index_ids(delta), index_ids(part)])
     ivf.merge_from(part_ivf, base_rows + delta.ntotal)  # FAISS shifts the part's positions
-    _set_ids(delta, ids)
-    _set_ntotal(delta, len(ids))
+    set_ids(delta, ids)
+    set_ntotal(delta, len(ids))
 
 
 def join_delta(base: faiss.Index, delta: faiss.Index, mapped: bool) -> faiss.Index:
@@ -86,7 +95,7 @@ def join_delta(base: faiss.Index, delta: faiss.Index, mapped: bool) -> faiss.Ind
     else:
         joined = base
         inner_index(base).merge_from(inner_index(delta), 0)  # its positions continue the base's
-    _set_ids(joined, ids)
-    _set_ntotal(joined, len(ids))
+    set_ids(joined, ids)
+    set_ntotal(joined, len(ids))
     inner_index(joined).nprobe = inner_index(delta).nprobe
     return joined

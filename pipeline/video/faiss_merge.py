@@ -33,7 +33,7 @@ from tomeray.pipeline.video.faiss_index import (
 from tomeray.pipeline.video.faiss_runtime import quiet_stdout
 
 __all__ = ["IndexMerger", "check_mergeable", "encode_part", "ondisk_file", "part_template", "remove_ids",
-           "subset"]
+           "set_ids", "set_ntotal", "subset"]
 
 
 def _split(index: faiss.Index) -> tuple[faiss.Index | None, faiss.Index | None]:
@@ -86,7 +86,7 @@ def _lists_to_memory(ivf: faiss.IndexIVF) -> None:
     _give_lists(ivf, lists)
 
 
-def _set_ntotal(index: faiss.Index, n: int) -> None:
+def set_ntotal(index: faiss.Index, n: int) -> None:
     inner = inner_index(index)
     inner.ntotal = n
     if isinstance(inner, faiss.IndexRefine):
@@ -95,7 +95,7 @@ def _set_ntotal(index: faiss.Index, n: int) -> None:
     index.ntotal = n
 
 
-def _set_ids(index: faiss.Index, ids: np.ndarray) -> None:
+def set_ids(index: faiss.Index, ids: np.ndarray) -> None:
     faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), index.id_map)
 
 
@@ -178,8 +178,8 @@ def remove_ids(index: faiss.Index, drop: np.ndarray, template: faiss.Index | Non
         kept_codes = _flat_codes(codes)[keep].copy()
         codes.reset()
         codes.add_sa_codes(kept_codes)
-    _set_ids(index, ids[keep])
-    _set_ntotal(index, int(keep.sum()))
+    set_ids(index, ids[keep])
+    set_ntotal(index, int(keep.sum()))
     return index
 
 
@@ -213,8 +213,8 @@ def subset(index: faiss.Index, keep: np.ndarray, template: faiss.Index, chunk: i
         for start in range(0, index.ntotal, chunk):
             rows = np.flatnonzero(keep[start:start + chunk]) + start
             out_codes.add_sa_codes(np.ascontiguousarray(all_codes[rows]))
-    _set_ids(out, ids[keep])
-    _set_ntotal(out, int(keep.sum()))
+    set_ids(out, ids[keep])
+    set_ntotal(out, int(keep.sum()))
     return out
 
 
@@ -286,8 +286,8 @@ class IndexMerger:
             ivf.merge_from(part_ivf, offset)  # FAISS shifts the part's positions by offset
         if codes is not None:
             codes.add_sa_codes(np.ascontiguousarray(_flat_codes(part_codes)))
-        _set_ids(index, ids)
-        _set_ntotal(index, len(ids))
+        set_ids(index, ids)
+        set_ntotal(index, len(ids))
 
     def finish(self) -> faiss.Index:
         """The merged index (for ``ivfdata``: its lists written to that file, which it refers to)."""
@@ -324,8 +324,8 @@ class IndexMerger:
         self._lists.clear()
         for spill in self._spilled:
             spill.unlink(missing_ok=True)
-        _set_ids(self.index, np.concatenate(self._ids))
-        _set_ntotal(self.index, self._count)
+        set_ids(self.index, np.concatenate(self._ids))
+        set_ntotal(self.index, self._count)
         with open(self.ivfdata, "rb+") as f:  # the lists are on disk before the index names them
             os.fsync(f.fileno())
         return self.index

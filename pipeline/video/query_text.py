@@ -1,5 +1,7 @@
-"""Text queries -> unit vectors for a searcher: the index's text tower in fp32 (the default) or
-with int8 linear layers (``search.text_precision=int8``, CPU), behind an LRU cache of query
+"""Text queries -> unit vectors for a searcher: the index's text tower in fp32 (the default), with
+int8 MLP layers (``search.text_precision=int8``, CPU), or with every projection in int8
+(``int8-all``: the attention's in- and out-projections too, the LoRA folded in; about twice as
+fast as ``int8`` and a little further from fp32, docs/scale.md has both), behind an LRU cache of query
 embeddings (``search.cache_size``) so a repeated query skips the tower altogether.
 
 The cache is keyed by the exact query string and holds one (D,) float32 vector per entry
@@ -28,14 +30,15 @@ class QueryTextEncoder:
             raise ConfigError(f"search.cache_size must be a non-negative integer, got {cache_size!r}")
         self.encoder, self.precision, self.cache_size = encoder, precision, cache_size
         self._tower = None
-        if precision == "int8":
+        if precision != "fp32":
             if str(encoder.device) != "cpu":
-                raise ConfigError(f"search.text_precision=int8 runs on the CPU, but the encoder is on "
+                raise ConfigError(f"search.text_precision={precision} runs on the CPU, but the encoder is on "
                                   f"{encoder.device}: use inference.device=cpu or text_precision=fp32")
             if encoder.text is None:
                 raise ConfigError("the encoder has no text tower to quantise")
-            # every projection becomes int8 once the LoRA is folded in (else only the MLPs would)
-            self._tower = quantize_linear_int8(encoder.text.folded())
+            # the attention's projections are converted only once they are plain linear layers
+            tower = encoder.text.folded() if precision == "int8-all" else encoder.text
+            self._tower = quantize_linear_int8(tower)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0

@@ -121,8 +121,8 @@ class VideoSearcher:
     ``device`` / ``precision``: where and how the encoder runs (``models.device``'s rule); FAISS follows
     it onto the GPU when faiss-gpu is installed. ``model_overrides``: fields of ``VideoModelConfig``
     (they must still give the index's model). ``nprobe`` / ``ef_search``: recall/speed knobs of IVF /
-    HNSW indexes. ``text_precision`` (``fp32`` | ``int8``) / ``cache_size``: how text queries are
-    encoded (:mod:`.query_text`). ``mmap``: memory-map the FAISS index instead of reading it into
+    HNSW indexes. ``text_precision`` (``fp32`` | ``int8`` | ``int8-all``) / ``cache_size``: how text
+    queries are encoded (:mod:`.query_text`). ``mmap``: memory-map the FAISS index instead of reading it into
     memory (None: when it is larger than a quarter of the free memory; see ``faiss_index.load_index``). The
     encoder is loaded on the first text or video query."""
 

@@ -16,7 +16,7 @@ class ServeSearchConfig:
     nprobe: int | None = None  # IVF lists to probe (None: the index's own setting)
     ef_search: int | None = None  # HNSW search depth (None: the index's own setting)
     batch_size: int = 32  # concurrent text queries encoded (and searched) together at most
-    text_precision: str = "fp32"  # text tower: fp32 | int8 (dynamic int8 linear layers, CPU)
+    text_precision: str = "fp32"  # text tower: fp32 | int8 (int8 MLPs, CPU) | int8-all (every projection)
     cache_size: int = 1024  # text query embeddings kept (LRU; 0: none)
 
 
