@@ -115,3 +115,13 @@ def test_a_delta_meant_for_another_base_is_ignored_and_cleaned_up(tmp_path, corp
     assert load_index(path).ntotal == STEP  # its base digest does not match: not joined
     entry = update_faiss(path, [later[0], later[1]], CFG, dim=DIM, prior=entry)
     assert not stale.exists() and load_index(path).ntotal == 2 * STEP
+
+
+def test_a_delta_keeps_the_search_settings_of_its_base_when_nothing_is_tuned(tmp_path, corpus):
+    queries, first, later = corpus
+    path = tmp_path / "index.faiss"
+    entry = update_faiss(path, [first], CFG, dim=DIM)  # tuned: not the preset's fixed nprobe
+    untuned = FaissConfig(factory=CFG.factory, target_recall=0)
+    grown = update_faiss(path, [first, later[0]], untuned, dim=DIM, prior=entry)
+    assert grown["delta"] and grown["tuning"] is None
+    assert grown["params"] == entry["params"] == search_defaults(load_index(path))

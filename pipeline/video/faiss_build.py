@@ -431,7 +431,11 @@ def _add_to_delta(faiss_path: Path, factory: str, template, record: dict, to_add
     if not takes_delta(base):
         return None
     old = find_delta(faiss_path, base)
-    delta = load_index(old, delta=False) if old else deserialize_index(serialize_index(template))
+    if old:
+        delta = load_index(old, delta=False)
+    else:  # a first delta starts from the base's search settings, as a rewrite would keep them
+        delta = deserialize_index(serialize_index(template))
+        apply_search_params(delta, search_defaults(base))
     if delta.ntotal + build["added"] > DELTA_SHARE * base.ntotal:
         return None
 
