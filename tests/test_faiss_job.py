@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from media import write_video
 from tomeray.pipeline.video.cli import main
-from tomeray.pipeline.video.faiss_build import embedding_matrix
+from tomeray.pipeline.video.faiss_rows import embedding_matrix
 from tomeray.pipeline.video.layout import IndexLayout
 from tomeray.pipeline.video.search import VideoSearcher
 from tomeray.pipeline.video.search_cli import main as search_main

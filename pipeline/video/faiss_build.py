@@ -25,7 +25,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -46,7 +45,6 @@ from tomeray.pipeline.video.faiss_delta import (
 )
 from tomeray.pipeline.video.faiss_index import (
     METRICS,
-    as_vectors,
     default_train_size,
     deserialize_index,
     estimated_bytes_per_vector,
@@ -66,21 +64,15 @@ from tomeray.pipeline.video.faiss_index import (
     trained_fingerprint,
 )
 from tomeray.pipeline.video.faiss_merge import IndexMerger, check_mergeable, encode_part, ondisk_file
+from tomeray.pipeline.video.faiss_rows import ShardRows, read_rows, row_groups, sample_rows, scan_shards
 from tomeray.pipeline.video.faiss_tune import GroundTruth, apply_search_params, tune_build, tuning_path
-from tomeray.pipeline.video.layout import _read_shard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["embedding_matrix", "faiss_entry", "remove_faiss_files", "trained_paths", "update_faiss"]
+__all__ = ["faiss_entry", "remove_faiss_files", "trained_paths", "update_faiss"]
 
 ONDISK_CHOICES = ("auto", "always", "never")
 MEMORY_SHARE = 0.5  # on-disk lists when the index would take more than this share of free memory
-
-
-def embedding_matrix(table, dim: int) -> np.ndarray:
-    """The ``embedding`` column of an Arrow table as an (N, dim) float32 array."""
-    values = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(table.num_rows, dim).astype(np.float32, copy=False)
 
 
 def faiss_entry(manifest: dict) -> dict | None:
@@ -94,78 +86,6 @@ def faiss_entry(manifest: dict) -> dict | None:
     if manifest.get("faiss_factory"):
         return {"factory": manifest["faiss_factory"], "spec": manifest.get("faiss_spec"), "ondisk": None}
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# shards -> rows
-
-
-@dataclass
-class ShardRows:
-    path: Path
-    rows: np.ndarray  # row numbers within the shard
-    ids: np.ndarray  # their video ids
-
-
-def scan_shards(shards: list[Path]) -> list[ShardRows]:
-    """The rows each shard contributes, reading ids only. An id in several shards counts once,
-    from the earliest shard (the rule of ``IndexLayout.read_embeddings``)."""
-    per_shard = [_read_shard(p, ["video_id"])["video_id"].to_numpy() for p in shards]
-    if not per_shard:
-        return []
-    ids = np.concatenate(per_shard)
-    starts = np.cumsum([0] + [len(a) for a in per_shard])
-    _, first = np.unique(ids, return_index=True)
-    first.sort()
-    # first is sorted, so each shard's rows are one slice of it: no pass over all rows per shard
-    edges = np.searchsorted(first, starts)
-    out = []
-    for s, path in enumerate(shards):
-        chosen = first[edges[s]:edges[s + 1]]
-        out.append(ShardRows(path, chosen - starts[s], ids[chosen]))
-    return out
-
-
-def _read(selection: list[ShardRows], dim: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors, ids) of the selected rows, normalised for ``ip``, read one shard at a time into
-    one array (the group is the only copy held)."""
-    n = sum(len(s.rows) for s in selection)
-    vectors, ids = np.empty((n, dim), np.float32), np.empty(n, np.int64)
-    at = 0
-    for s in selection:
-        if len(s.rows):
-            vectors[at:at + len(s.rows)] = embedding_matrix(_read_shard(s.path, ["embedding"]), dim)[s.rows]
-            ids[at:at + len(s.rows)] = s.ids
-            at += len(s.rows)
-    return as_vectors(vectors, "embeddings", metric, copy=False), ids
-
-
-def _groups(selection: list[ShardRows], group_rows: int) -> list[list[ShardRows]]:
-    """Consecutive shards with at least ``group_rows`` rows per group (a shard is never split)."""
-    groups, current, count = [], [], 0
-    for s in selection:
-        if not len(s.rows):
-            continue
-        current.append(s)
-        count += len(s.rows)
-        if count >= group_rows:
-            groups.append(current)
-            current, count = [], 0
-    return groups + ([current] if current else [])
-
-
-def _sample(selection: list[ShardRows], size: int, seed: int) -> list[ShardRows]:
-    total = sum(len(s.rows) for s in selection)
-    if size >= total:
-        return selection
-    chosen = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
-    starts = np.cumsum([0] + [len(s.rows) for s in selection])
-    edges = np.searchsorted(chosen, starts)  # chosen is sorted: each shard's picks are one slice
-    out = []
-    for i, s in enumerate(selection):
-        local = chosen[edges[i]:edges[i + 1]] - starts[i]
-        out.append(ShardRows(s.path, s.rows[local], s.ids[local]))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +203,7 @@ def _train(shards: list[ShardRows], cfg: FaissConfig, dim: int, metric: str, n_r
         size = min(n_rows, cfg.train_size or default_train_size(template))
         if size < 1:
             raise ConfigError(f"faiss.train_size must be positive, got {cfg.train_size}")
-        sample, sample_ids = _read(_sample(shards, size, cfg.seed), dim, metric)
+        sample, sample_ids = read_rows(sample_rows(shards, size, cfg.seed), dim, metric)
         pick = np.random.default_rng(cfg.seed + 1).permutation(len(sample))[:cfg.tune_queries]
         held_out = GroundTruth(sample[pick], sample_ids[pick])
         if workers:
@@ -348,8 +268,8 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
         base = load_index(trained_paths(faiss_path, record["trained_fingerprint"])[0])  # an empty copy
         to_add, drop = selection, np.zeros(0, np.int64)
         if cfg.target_recall and isinstance(inner_index(template), faiss.IndexHNSW):  # queries held back
-            held = _sample(selection, cfg.held_back_queries(len(all_ids)), cfg.seed + 1)
-            truth = GroundTruth(*_read(held, dim, metric))
+            held = sample_rows(selection, cfg.held_back_queries(len(all_ids)), cfg.seed + 1)
+            truth = GroundTruth(*read_rows(held, dim, metric))
     else:
         mode, train_s = "incremental", 0.0
         to_add, drop = _changes(base, selection, all_ids, (prior or {}).get("covered_through"))
@@ -378,13 +298,13 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
     ivfdata = faiss_path.parent / f"{faiss_path.stem}-{time.time_ns():x}.ivfdata" if ondisk else None
     merger = IndexMerger(base, template, drop, ivfdata)
     del base
-    groups = _groups(to_add, cfg.group_rows)
+    groups = row_groups(to_add, cfg.group_rows)
     held_back = mode != "incremental" and truth is not None and isinstance(inner_index(template),
                                                                             faiss.IndexHNSW)
     build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
 
     def read(group):  # every row the build reads is scored against the tuning queries too
-        vectors, ids = _read(group, dim, metric)
+        vectors, ids = read_rows(group, dim, metric)
         if truth is not None:
             if held_back:
                 keep = ~np.isin(ids, truth.query_ids)
@@ -440,12 +360,12 @@ def _add_to_delta(faiss_path: Path, factory: str, template, record: dict, to_add
         return None
 
     def read(group):
-        vectors, ids = _read(group, dim, metric)
+        vectors, ids = read_rows(group, dim, metric)
         if truth is not None:
             truth.update(vectors, ids)
         return vectors, ids
 
-    groups = _groups(to_add, cfg.group_rows)
+    groups = row_groups(to_add, cfg.group_rows)
     build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
     for part, node in _parts(template, groups, read, build["workers"]):
         extend_delta(delta, part, base.ntotal)
@@ -486,14 +406,14 @@ def _workers(cfg: FaissConfig, selection: list[ShardRows], template) -> int:
 
     if template is not None and isinstance(inner_index(template), faiss.IndexHNSW):
         return 0
-    return ray_workers(cfg.workers, len(_groups(selection, cfg.group_rows)))
+    return ray_workers(cfg.workers, len(row_groups(selection, cfg.group_rows)))
 
 
 def _full_truth(selection: list[ShardRows], cfg: FaissConfig, dim: int, metric: str) -> GroundTruth:
     """Held-out queries and their exact neighbours over every row (one pass over the shards)."""
-    truth = GroundTruth(*_read(_sample(selection, cfg.tune_queries, cfg.seed + 1), dim, metric))
-    for group in _groups(selection, cfg.group_rows):
-        truth.update(*_read(group, dim, metric))
+    truth = GroundTruth(*read_rows(sample_rows(selection, cfg.tune_queries, cfg.seed + 1), dim, metric))
+    for group in row_groups(selection, cfg.group_rows):
+        truth.update(*read_rows(group, dim, metric))
     return truth
 
 

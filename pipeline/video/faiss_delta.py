@@ -26,8 +26,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from tomeray.pipeline.video.faiss_index import ids_digest, index_ids, inner_index, load_index
+from tomeray.pipeline.video.faiss_files import ids_digest, index_ids, load_index
 from tomeray.pipeline.video.faiss_merge import ondisk_file, set_ids, set_ntotal
+from tomeray.pipeline.video.faiss_runtime import inner_index
 
 __all__ = ["DELTA_SHARE", "current_delta", "delta_files", "delta_path", "extend_delta", "find_delta",
            "join_delta", "takes_delta"]
@@ -45,7 +46,7 @@ def delta_files(faiss_path: Path) -> list[Path]:
 
 def find_delta(faiss_path: Path, base: faiss.Index) -> Path | None:
     """The delta file that extends ``base`` (read from ``faiss_path``), if there is one."""
-    if not takes_delta(base):
+    if not takes_delta(base) or not delta_files(faiss_path):  # (no need to hash the base's ids)
         return None
     path = delta_path(faiss_path, base)
     return path if path.is_file() else None

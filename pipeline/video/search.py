@@ -36,8 +36,9 @@ import numpy as np
 from tomeray.models.errors import ConfigError, InputError
 from tomeray.models.host import host_available_memory
 from tomeray.operators.video_io import VIDEO_EXTENSIONS
-from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry
+from tomeray.pipeline.video.faiss_build import faiss_entry
 from tomeray.pipeline.video.faiss_index import build_index, index_to_device, load_index, search_defaults
+from tomeray.pipeline.video.faiss_rows import embedding_matrix
 from tomeray.pipeline.video.filters import Ranking, SearchFilters, matching_ids, rank
 from tomeray.pipeline.video.layout import IndexLayout, check_same_embeddings
 from tomeray.pipeline.video.metadata import MetadataTable, ParquetCells

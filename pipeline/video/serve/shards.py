@@ -35,9 +35,10 @@ from ray import serve
 from starlette.exceptions import HTTPException
 from tomeray.models.errors import InputError
 from tomeray.models.host import process_memory_mb
-from tomeray.pipeline.video.faiss_build import embedding_matrix, faiss_entry, trained_paths
+from tomeray.pipeline.video.faiss_build import faiss_entry, trained_paths
 from tomeray.pipeline.video.faiss_index import build_index, index_ids, load_index, search_defaults
 from tomeray.pipeline.video.faiss_merge import subset
+from tomeray.pipeline.video.faiss_rows import embedding_matrix
 from tomeray.pipeline.video.faiss_tune import apply_search_params
 from tomeray.pipeline.video.filters import Ranking, rank
 from tomeray.pipeline.video.layout import IndexLayout
