@@ -128,6 +128,15 @@ class JobOutput:
         return False
 
     # ------------------------------------------------------------------------- manifest
+    def manifest_stamp(self) -> tuple:
+        """The manifest file's identity, () when absent: every job run replaces the file
+        (atomically), so a server compares stamps to notice a newer output."""
+        try:
+            st = self.manifest_path.stat()
+        except OSError:
+            return ()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def read_manifest(self) -> dict:
         if not self.manifest_path.is_file():
             raise OutputError(f"no {self.kind} at '{self.root}' (manifest.json is missing); "

@@ -60,7 +60,9 @@ def tuning_line(tuning: dict) -> str:
     """The summary's line on the tuned search settings (a WARNING when the target is missed)."""
     if tuning.get("exact"):
         return f"FAISS search: exact (recall@10 1.0, target {tuning['target_recall']:g})"
-    search = ", ".join(f"{k}={v:g}" for k, v in tuning.get("search", {}).items()) or "defaults"
+    from tomeray.pipeline.video.faiss_tune import settings_text
+
+    search = settings_text(tuning.get("search", {}))
     lower = tuning.get("recall_at_10_lower")  # (absent from records written before it was kept)
     bound = f", at least {lower:.3f} at {tuning['confidence']:.0%} confidence," if lower is not None else ""
     line = (f"FAISS search tuned: {search}: recall@10 {tuning['recall_at_10']:.3f}{bound} on "

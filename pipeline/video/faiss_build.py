@@ -286,22 +286,8 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
         return _entry(faiss_path, base, record, latest, ondisk_file(base), {**build, "mode": "unchanged"},
                       started, (prior or {}).get("tuning"), delta)
     ondisk = _wants_ondisk(cfg, template, base, len(all_ids))
-    if mode == "incremental" and mapped and not ondisk and not len(drop):
-        added = _add_to_delta(faiss_path, mapped, template, record, to_add, truth,
-                              lambda: _full_truth(selection, cfg, dim, metric), cfg, dim, metric, build,
-                              prior, latest, started)
-        if added is not None:
-            return added
-    if mapped and mode == "incremental":  # the full path reads the lists (and folds in any delta)
-        del base
-        base = load_index(faiss_path, ondisk=True)
-    ivfdata = faiss_path.parent / f"{faiss_path.stem}-{time.time_ns():x}.ivfdata" if ondisk else None
-    merger = IndexMerger(base, template, drop, ivfdata)
-    del base
-    groups = row_groups(to_add, cfg.group_rows)
     held_back = mode != "incremental" and truth is not None and isinstance(inner_index(template),
                                                                             faiss.IndexHNSW)
-    build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
 
     def read(group):  # every row the build reads is scored against the tuning queries too
         vectors, ids = read_rows(group, dim, metric)
@@ -312,14 +298,27 @@ def update_faiss(faiss_path: str | Path, shards: list[Path], cfg: FaissConfig, *
             truth.update(vectors, ids)
         return vectors, ids
 
-    for part, node in _parts(template, groups, read, build["workers"]):
+    def full_truth() -> GroundTruth:
+        return _full_truth(selection, cfg, dim, metric)
+
+    if mode == "incremental" and mapped and not ondisk and not len(drop):
+        added = _add_to_delta(faiss_path, mapped, template, record, to_add, read, truth, full_truth, cfg,
+                              build, prior, latest, started)
+        if added is not None:
+            return added
+    if mapped and mode == "incremental":  # the full path reads the lists (and folds in any delta)
+        del base
+        base = load_index(faiss_path, ondisk=True)
+    ivfdata = faiss_path.parent / f"{faiss_path.stem}-{time.time_ns():x}.ivfdata" if ondisk else None
+    merger = IndexMerger(base, template, drop, ivfdata)
+    del base
+    for part in _encoded(template, to_add, read, cfg, build):
         merger.add(part)
-        build["nodes"][node] = build["nodes"].get(node, 0) + 1
         del part
     index = merger.finish()
     del merger
-    tuning = tune_build(faiss_path, index, truth, cfg, lambda: _full_truth(selection, cfg, dim, metric),
-                        held_back, (prior or {}).get("params") if mode == "incremental" else None)
+    tuning = tune_build(faiss_path, index, truth, cfg, full_truth, held_back,
+                        (prior or {}).get("params") if mode == "incremental" else None)
     if ondisk and before_ondisk_swap is not None:
         before_ondisk_swap()
     save_index(index, faiss_path)
@@ -341,9 +340,9 @@ def _mappable(prior: dict | None) -> str | None:
 
 
 def _add_to_delta(faiss_path: Path, factory: str, template, record: dict, to_add: list[ShardRows],
-                  truth: GroundTruth | None, full_truth: Callable[[], GroundTruth], cfg: FaissConfig,
-                  dim: int, metric: str, build: dict,
-                  prior: dict | None, latest: str | None, started: float) -> dict | None:
+                  read: Callable, truth: GroundTruth | None, full_truth: Callable[[], GroundTruth],
+                  cfg: FaissConfig, build: dict, prior: dict | None, latest: str | None,
+                  started: float) -> dict | None:
     """Add the rows to the delta file of the index (see :mod:`.faiss_delta`) and return the
     manifest's record; None when the delta would outgrow ``DELTA_SHARE`` of the base (or the
     index cannot take one): the caller rewrites the whole index instead."""
@@ -358,18 +357,8 @@ def _add_to_delta(faiss_path: Path, factory: str, template, record: dict, to_add
         apply_search_params(delta, search_defaults(base))
     if delta.ntotal + build["added"] > DELTA_SHARE * base.ntotal:
         return None
-
-    def read(group):
-        vectors, ids = read_rows(group, dim, metric)
-        if truth is not None:
-            truth.update(vectors, ids)
-        return vectors, ids
-
-    groups = row_groups(to_add, cfg.group_rows)
-    build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
-    for part, node in _parts(template, groups, read, build["workers"]):
+    for part in _encoded(template, to_add, read, cfg, build):
         extend_delta(delta, part, base.ntotal)
-        build["nodes"][node] = build["nodes"].get(node, 0) + 1
     path = delta_path(faiss_path, base)
     index = join_delta(base, delta, mapped=True)
     tuning = tune_build(faiss_path, index, truth, cfg, full_truth, floor=(prior or {}).get("params"))
@@ -417,14 +406,20 @@ def _full_truth(selection: list[ShardRows], cfg: FaissConfig, dim: int, metric: 
     return truth
 
 
-def _parts(template, groups: list, read: Callable, workers: int):
-    if workers:
+def _encoded(template, to_add: list[ShardRows], read: Callable, cfg: FaissConfig, build: dict):
+    """The rows to add as parts encoded with ``template``, a group at a time (``read`` reads one),
+    in Ray tasks where there are workers; ``build`` records the workers, groups and nodes."""
+    groups = row_groups(to_add, cfg.group_rows)
+    build.update(workers=_workers(cfg, to_add, template), groups=len(groups))
+    if build["workers"]:
         from tomeray.pipeline.video.faiss_ray import encode_on_workers
 
-        yield from encode_on_workers(template, groups, read, workers)
-        return
-    for group in groups:
-        yield encode_part(template, *read(group)), "local"
+        parts = encode_on_workers(template, groups, read, build["workers"])
+    else:
+        parts = ((encode_part(template, *read(group)), "local") for group in groups)
+    for part, node in parts:
+        build["nodes"][node] = build["nodes"].get(node, 0) + 1
+        yield part
 
 
 def _entry(faiss_path: Path, index, record: dict, latest: str | None, ivfdata: str | None, build: dict,

@@ -18,7 +18,6 @@ __all__ = ["deserialize_index", "ids_digest", "index_ids", "load_index", "mmap_f
            "serialize_index"]
 
 
-
 def serialize_index(index: faiss.Index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 

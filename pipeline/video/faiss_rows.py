@@ -19,7 +19,6 @@ def embedding_matrix(table, dim: int) -> np.ndarray:
     return values.reshape(table.num_rows, dim).astype(np.float32, copy=False)
 
 
-
 @dataclass
 class ShardRows:
     path: Path

@@ -45,7 +45,7 @@ from tomeray.pipeline.video.faiss_index import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroundTruth", "apply_search_params", "exact_record", "tune_build", "tune_index",
+__all__ = ["GroundTruth", "apply_search_params", "exact_record", "settings_text", "tune_build", "tune_index",
            "tuning_path"]
 
 K = 10  # recall@K is what a preset promises
@@ -194,12 +194,8 @@ def tune_index(index: faiss.Index, truth: GroundTruth, target: float, max_ms: fl
     ``truth`` (within ``max_ms`` per query; never below the settings in ``floor``); returns the
     tuning record (``search`` settings, measured ``recall_at_10``, ``ms_per_query``, ``met``,
     ``queries``, a ``warning`` when missed)."""
-    inner = inner_index(index)
     k = int(min(K, max(1, index.ntotal - 1)))
-    refine = inner if isinstance(inner, faiss.IndexRefine) else None
-    base = faiss.downcast_index(refine.base_index) if refine is not None else inner
-    ivf = ivf_or_none(base)
-    hnsw = base if isinstance(base, faiss.IndexHNSW) else None
+    ivf, hnsw, refine = _tunable_parts(index)
     kf_max = K_FACTOR_LADDER[-1]
     floor = {k_: v for k_, v in (floor or {}).items() if v is not None}
 
@@ -241,22 +237,27 @@ def tune_index(index: faiss.Index, truth: GroundTruth, target: float, max_ms: fl
     if not met:
         record["warning"] = (f"no search setting reaches recall@10 {target:g} (at {CONFIDENCE:.0%} "
                              f"confidence) within {max_ms:g} ms per query: best {recall.mean:.3f} "
-                             f"(lower bound {recall.lower:.3f}) at {_settings(record['search'])}; use a "
+                             f"(lower bound {recall.lower:.3f}) at {settings_text(record['search'])}; use a "
                              "larger faiss.max_search_ms, a flat index, or more IVF lists / HNSW links")
         log.warning("FAISS tuning: %s", record["warning"])
     else:
         log.info("FAISS tuning: %s reaches recall@10 %.3f (lower bound %.3f, target %g), %.2f ms/query",
-                 _settings(record["search"]), recall.mean, recall.lower, target, recall.ms)
+                 settings_text(record["search"]), recall.mean, recall.lower, target, recall.ms)
     return record
 
 
 def apply_search_params(index: faiss.Index, params: dict) -> None:
     """Set an index's saved search defaults (``nprobe``, ``ef_search``, ``k_factor``; None: keep)."""
+    _apply(*_tunable_parts(index), {k: v for k, v in params.items() if v is not None})
+
+
+def _tunable_parts(index: faiss.Index) -> tuple:
+    """(IVF, HNSW, re-ranking) parts of an id-mapped index whose search settings can be tuned,
+    each None where the index has no such part."""
     inner = inner_index(index)
     refine = inner if isinstance(inner, faiss.IndexRefine) else None
     base = faiss.downcast_index(refine.base_index) if refine is not None else inner
-    hnsw = base if isinstance(base, faiss.IndexHNSW) else None
-    _apply(ivf_or_none(base), hnsw, refine, {k: v for k, v in params.items() if v is not None})
+    return ivf_or_none(base), base if isinstance(base, faiss.IndexHNSW) else None, refine
 
 
 def _apply(ivf, hnsw, refine, chosen: dict) -> None:
@@ -268,7 +269,8 @@ def _apply(ivf, hnsw, refine, chosen: dict) -> None:
         refine.k_factor = float(chosen["k_factor"])
 
 
-def _settings(search: dict) -> str:
+def settings_text(search: dict) -> str:
+    """Search settings as a user reads them: ``nprobe=24, k_factor=64``."""
     return ", ".join(f"{k}={v:g}" for k, v in search.items()) or "defaults"
 
 

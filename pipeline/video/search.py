@@ -197,11 +197,14 @@ class VideoSearcher:
     def search_settings(self) -> dict:
         """The FAISS settings searches use (the tuned ones saved with the index unless overridden)
         and what the tuning measured (``faiss.tuning`` of the manifest; None for older indexes)."""
-        params = {k: v for k, v in search_defaults(self.index).items() if v is not None}
+        params = {k: v for k, v in self._saved_search_params().items() if v is not None}
         overrides = {"nprobe": self.nprobe, "ef_search": self.ef_search}
         params.update({k: v for k, v in overrides.items() if v is not None and k in params})
         entry = faiss_entry(self.manifest) or {}
         return {"factory": entry.get("factory") or "Flat", "params": params, "tuning": entry.get("tuning")}
+
+    def _saved_search_params(self) -> dict:
+        return search_defaults(self.index)
 
     def __repr__(self) -> str:
         return f"VideoSearcher('{self.layout.root}', {len(self)} vectors, weights {self.weights_id})"

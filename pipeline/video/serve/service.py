@@ -74,15 +74,6 @@ class ServedIndex:
     loaded_at: float
 
 
-def _stamp(searcher: VideoSearcher) -> tuple:
-    """The manifest file's identity: every run of ``tomeray index`` replaces the file (atomically)."""
-    try:
-        st = searcher.layout.manifest_path.stat()
-    except OSError:
-        return ()
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 def _finite(x: float | None) -> float | None:
     return x if x is not None and np.isfinite(x) else None
 
@@ -121,7 +112,8 @@ class SearchService:
         self._reference = first.manifest
         searchers = [first] + [self._searcher(d) for d in self.dirs[1:]]
         now = time.time()
-        self._indexes = tuple(ServedIndex(n, s, _stamp(s), now) for n, s in zip(self.names, searchers))
+        self._indexes = tuple(ServedIndex(n, s, s.layout.manifest_stamp(), now)
+                              for n, s in zip(self.names, searchers))
         for index in self._indexes:
             self.metrics.index_rows(index.name, len(index.searcher.metadata))
         first.encode_text(["warm up"])  # the first request does not pay for lazy initialisation
@@ -139,9 +131,9 @@ class SearchService:
         model = {k: v for k, v in vars(self.cfg.model).items() if v is not None}
         searcher = self.searcher_class(index_dir, self.cfg.inference.device,
                                        precision=self.cfg.inference.precision,
-                                 nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search,
-                                 text_precision=self.cfg.search.text_precision,
-                                 cache_size=self.cfg.search.cache_size, **model)
+                                       nprobe=self.cfg.search.nprobe, ef_search=self.cfg.search.ef_search,
+                                       text_precision=self.cfg.search.text_precision,
+                                       cache_size=self.cfg.search.cache_size, **model)
         if hasattr(self, "encoder"):  # every index but the first, and every reload
             check_same_embeddings(self._reference, searcher.manifest, f"index '{self.dirs[0]}'",
                                   f"index '{index_dir}'", "serve indexes built with the same model together "
@@ -165,7 +157,7 @@ class SearchService:
     def _watch(self) -> None:
         while not self._stop.wait(self.cfg.server.reload_s):
             for number, index in enumerate(self._indexes):
-                stamp = _stamp(index.searcher)
+                stamp = index.searcher.layout.manifest_stamp()
                 if stamp and stamp != index.stamp:
                     self.reload(number, stamp)
 
@@ -173,7 +165,7 @@ class SearchService:
         """Load the newest version of index ``number`` and swap it in; the old one stays in use by
         the requests that hold it. On failure the old one keeps serving and stats say why."""
         old = self._indexes[number]
-        stamp = stamp or _stamp(old.searcher)
+        stamp = stamp or old.searcher.layout.manifest_stamp()
         try:
             searcher = self._searcher(self.dirs[number])
         except Exception as e:  # noqa: BLE001 - a half-written or broken index must not stop serving
@@ -184,7 +176,8 @@ class SearchService:
             # not retried until the manifest changes again
             self._replace(number, ServedIndex(old.name, old.searcher, stamp, old.loaded_at))
             return False
-        self._replace(number, ServedIndex(old.name, searcher, _stamp(searcher) or stamp, time.time()))
+        fresh = searcher.layout.manifest_stamp() or stamp
+        self._replace(number, ServedIndex(old.name, searcher, fresh, time.time()))
         self.reload_errors.pop(old.name, None)
         self.metrics.reload(old.name, "ok")
         self.metrics.index_rows(old.name, len(searcher.metadata))

@@ -44,7 +44,7 @@ from tomeray.pipeline.video.filters import Ranking, rank
 from tomeray.pipeline.video.layout import IndexLayout
 from tomeray.pipeline.video.search import VideoSearcher
 
-__all__ = ["SearchShard", "ShardedSearcher", "load_shard", "manifest_stamp", "shard_deployments", "shard_of"]
+__all__ = ["SearchShard", "ShardedSearcher", "load_shard", "shard_deployments", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,10 @@ def shard_of(ids: np.ndarray, shards: int) -> np.ndarray:
     return np.mod(np.asarray(ids, np.int64), shards)
 
 
-def manifest_stamp(layout: IndexLayout) -> tuple:
-    """The index's version: the manifest file's identity (every ``tomeray index`` run replaces it)."""
-    try:
-        st = layout.manifest_path.stat()
-    except OSError:
-        return ()
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 def load_shard(index_dir: str, shard: int, shards: int) -> tuple[faiss.Index, tuple]:
     """(the index over this shard's rows, the index version it was cut from)."""
     layout = IndexLayout(index_dir)
-    stamp = manifest_stamp(layout)
+    stamp = layout.manifest_stamp()  # (the index version the shard is cut from)
     manifest = layout.read_manifest()
     entry = faiss_entry(manifest)
     if entry is None or not layout.faiss_path.exists():  # built without FAISS: exact, from its rows
@@ -133,7 +124,7 @@ class ShardedSearcher(VideoSearcher):
     def __init__(self, index_dir, *args, handles: list, **kwargs):
         self.handles = list(handles)
         super().__init__(index_dir, *args, **kwargs)
-        self.stamp = manifest_stamp(self.layout)
+        self.stamp = self.layout.manifest_stamp()
 
     def _load_index(self):
         entry = faiss_entry(self.manifest) or {}
@@ -141,11 +132,10 @@ class ShardedSearcher(VideoSearcher):
         rows = int(entry.get("ntotal") or (self.manifest.get("counts") or {}).get("rows") or 0)
         return _Remote(int(self.manifest["dim"]), rows, metric)
 
+    def _saved_search_params(self) -> dict:
+        return (faiss_entry(self.manifest) or {}).get("params") or {}  # (the shards hold the index)
+
     def search_settings(self) -> dict:
-        entry = faiss_entry(self.manifest) or {}
-        params = {k: v for k, v in (entry.get("params") or {}).items() if v is not None}
-        overrides = {"nprobe": self.nprobe, "ef_search": self.ef_search}
-        params.update({k: v for k, v in overrides.items() if v is not None and k in params})
         def fetch() -> list[dict]:
             return [h.info.remote().result(timeout_s=SHARD_CALL_TIMEOUT_S) for h in self.handles]
 
@@ -154,8 +144,7 @@ class ShardedSearcher(VideoSearcher):
                 replicas = pool.submit(fetch).result()
         except Exception as e:  # noqa: BLE001 - stats still answer while a shard restarts
             replicas = [f"unavailable: {type(e).__name__}"]
-        return {"factory": entry.get("factory") or "Flat", "params": params, "tuning": entry.get("tuning"),
-                "shards": len(self.handles), "shard_replicas": replicas}
+        return {**super().search_settings(), "shards": len(self.handles), "shard_replicas": replicas}
 
     def rank(self, queries: np.ndarray, want: int, filters=None) -> Ranking:
         queries = np.ascontiguousarray(queries, np.float32)
